@@ -1,0 +1,141 @@
+"""Load a CLIP visual encoder from a checkpoint file, or build one with seeded random weights.
+
+Formats read:
+- OpenAI's TorchScript archives, as `clip.load` downloads them (`ViT-B-32.pt`). A TorchScript archive
+  is code: it is only loaded from a path the operator names, never from anything a request says.
+- A state dict saved with `torch.save` (fp16, bf16 or fp32; optionally wrapped in {"state_dict": ...}
+  or {"model": ...}, optionally with DataParallel's `module.` prefix), read with torch's
+  weights-only unpickler, so a pickle cannot run code.
+- A `.safetensors` file with the same keys.
+- The full CLIP model's keys (`visual.*` plus the text tower, ignored) or the visual tower's alone.
+Weights are used as float32, like `clip.load` does on CPU.
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from .architectures import CheckpointError, VisualSpec, infer_architecture
+from .visual import build_visual
+
+_WRAPPER_KEYS = ("state_dict", "model", "module")
+
+
+@dataclass
+class LoadedVisual:
+    """An encoder ready for export, with what it was built from."""
+
+    model: nn.Module
+    spec: VisualSpec
+    source: str  # "checkpoint:<file name>" or "random-init:<arch>:seed=<n>"
+    random_weights: bool
+
+
+def load_checkpoint(path: str | os.PathLike) -> LoadedVisual:
+    """Read a checkpoint file and return its visual encoder in eval mode, float32, on CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: checkpoint file is empty")
+    state = _read_state_dict(path)
+    visual = _visual_state(state, path)
+    try:
+        spec = infer_architecture(visual)
+    except CheckpointError as error:
+        raise CheckpointError(f"{path}: {error}") from None
+    except (KeyError, IndexError, AttributeError) as error:
+        raise CheckpointError(f"{path}: incomplete CLIP visual weights (missing {error})") from None
+    model = build_visual(spec)
+    try:
+        model.load_state_dict({k: v.float() for k, v in visual.items()}, strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(f"{path}: weights do not fit the inferred {spec}: {error}") from None
+    return LoadedVisual(model.eval(), spec, f"checkpoint:{path.name}", random_weights=False)
+
+
+def random_visual(spec: VisualSpec, name: str, seed: int = 0) -> LoadedVisual:
+    """A real-architecture encoder with seeded random weights (for demos and tests, not for use)."""
+    generator = torch.Generator().manual_seed(seed)
+    model = build_visual(spec)
+    with torch.no_grad():
+        for key, tensor in model.state_dict().items():
+            tensor.copy_(_random_init(key, tensor, generator))
+    return LoadedVisual(model.eval(), spec, f"random-init:{name}:seed={seed}", random_weights=True)
+
+
+def _random_init(key: str, tensor: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Scale-aware init so features stay finite and differ between images, even in deep models."""
+    leaf = key.rsplit(".", 1)[-1]
+    if leaf == "num_batches_tracked":
+        return torch.zeros_like(tensor)
+    if leaf in ("running_var",) or (leaf == "weight" and tensor.dim() == 1):
+        return torch.ones_like(tensor)  # LayerNorm / BatchNorm scale
+    if leaf in ("bias", "running_mean"):
+        return torch.zeros_like(tensor)
+    fan_in = tensor[0].numel() if tensor.dim() > 1 else tensor.shape[-1]
+    return torch.randn(tensor.shape, generator=generator) * fan_in ** -0.5
+
+
+def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+        if any("/code/" in name or name.endswith("constants.pkl") for name in names):
+            try:
+                return torch.jit.load(str(path), map_location="cpu").state_dict()
+            except Exception as error:
+                raise CheckpointError(f"{path}: unreadable TorchScript archive: {error}") from None
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as error:
+        if _looks_like_safetensors(path):
+            return _read_safetensors(path)
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint (truncated, corrupt or another format): {reason}"
+        ) from None
+    for _ in range(2):
+        if isinstance(state, Mapping):
+            wrapped = [k for k in _WRAPPER_KEYS if isinstance(state.get(k), Mapping)]
+            if wrapped and not any(isinstance(v, torch.Tensor) for v in state.values()):
+                state = state[wrapped[0]]
+    if not isinstance(state, Mapping) or not any(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a state dict of tensors")
+    return state
+
+
+def _visual_state(state: Mapping[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """The visual tower's tensors, keys relative to it (no `visual.` prefix)."""
+    tensors = {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    visual = {k[len("visual."):]: v for k, v in tensors.items() if k.startswith("visual.")}
+    if not visual and "conv1.weight" in tensors:
+        visual = tensors  # a visual-only state dict
+    if not visual:
+        raise CheckpointError(f"{path}: no CLIP visual encoder found (no keys starting with 'visual.')")
+    return visual
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError:  # pragma: no cover - optional dependency of the export extra
+        raise CheckpointError(f"{path}: reading .safetensors needs the 'safetensors' package") from None
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as error:
+        raise CheckpointError(f"{path}: unreadable safetensors file: {error}") from None

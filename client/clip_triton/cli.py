@@ -1,0 +1,137 @@
+"""`clip-triton`: export a checkpoint, serve it locally, encode images, or run the demo."""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+from . import contract
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="clip-triton", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    export = commands.add_parser("export", help="checkpoint -> Triton model repository (ONNX or TorchScript)")
+    source = export.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="OpenAI .pt (TorchScript or state dict), or .safetensors")
+    source.add_argument("--random-init", metavar="ARCH", help="seeded random weights of an OpenAI architecture")
+    export.add_argument("--repository", type=Path, required=True, help="model repository directory to write")
+    _add_repository_options(export)
+    export.add_argument("--seed", type=int, default=0, help="seed for --random-init")
+    export.add_argument("--configs-only", action="store_true", help="write configs and code, not the model file")
+
+    serve = commands.add_parser("serve", help="run Triton on a model repository in the foreground")
+    serve.add_argument("--repository", type=Path, required=True)
+    _add_server_options(serve)
+
+    encode = commands.add_parser("encode", help="encode image files through the server")
+    encode.add_argument("paths", nargs="+", type=Path, help="image files or folders (searched recursively)")
+    encode.add_argument("--url", default="127.0.0.1:8001", help="gRPC HOST:PORT")
+    encode.add_argument("--output", type=Path, default=Path("features.npz"))
+
+    demo = commands.add_parser("demo", help="export, serve, encode sample images, print a similarity table")
+    demo.add_argument("--checkpoint", type=Path, help="a real OpenAI checkpoint (default: random ViT-B/32)")
+    demo.add_argument("--arch", default="ViT-B/32", help="architecture for random weights")
+    demo.add_argument("--images", type=Path, nargs="+", required=True)
+    demo.add_argument("--repository", type=Path, default=Path("demo_repository"))
+    demo.add_argument("--format", dest="fmt", choices=("onnx", "torchscript"), default="onnx")
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        return {"export": _export, "serve": _serve, "encode": _encode, "demo": _demo}[args.command](args)
+    except (ValueError, RuntimeError, OSError) as error:
+        print(f"clip-triton {args.command}: {error}", file=sys.stderr)
+        return 2
+
+
+def _add_repository_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", dest="fmt", choices=("onnx", "torchscript"), default="onnx")
+    parser.add_argument("--target", choices=("cpu", "gpu"), default="cpu",
+                        help="cpu: runtime inside the Python backend (runs anywhere); gpu: Triton's native backend")
+    parser.add_argument("--max-batch-size", type=int, default=contract.MAX_BATCH_SIZE)
+
+
+def _add_server_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from clip_triton_export.pipeline import export_repository
+
+    summary = export_repository(
+        repository=args.repository, checkpoint=args.checkpoint, random_init=args.random_init,
+        seed=args.seed, fmt=args.fmt, target=args.target, max_batch_size=args.max_batch_size,
+        configs_only=args.configs_only,
+    )
+    print(summary)
+    return 0
+
+
+def _server_options(args: argparse.Namespace):
+    from .server import ServerOptions
+
+    return ServerOptions(repository=args.repository.resolve(), host=args.host, grpc_port=args.grpc_port,
+                         http_port=args.http_port, metrics_port=args.metrics_port)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server import TritonServer
+
+    server = TritonServer(_server_options(args))
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
+    server.start().wait_until_ready()
+    print(f"serving {args.repository} - gRPC {server.grpc_url}, HTTP {server.http_url} (Ctrl-C stops)", flush=True)
+    while not stopping:
+        if server.process.poll() is not None:
+            print(f"tritonserver exited with {server.process.returncode}:\n{server.log_tail()}", file=sys.stderr)
+            return 1
+        time.sleep(0.5)
+    code = server.stop()
+    print(f"stopped (tritonserver exit code {code})", flush=True)
+    return 0
+
+
+def find_images(paths: list[Path]) -> list[Path]:
+    """Files as given, and image files under folders (recursively, sorted)."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            found.append(path)
+    return found
+
+
+def _encode(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .client import ClipClient
+
+    paths = find_images(args.paths)
+    with ClipClient(args.url) as client:
+        features = client.encode(paths)
+    np.savez(args.output, paths=np.array([str(p) for p in paths]), features=features)
+    print(f"{len(paths)} image(s) -> {args.output} ({features.shape[1]}-d features)")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
