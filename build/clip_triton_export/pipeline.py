@@ -29,6 +29,6 @@ def export_repository(repository: Path, checkpoint: Path | None = None, random_i
     if not configs_only:
         artifact = export_visual(loaded.model, loaded.spec, repo_options.fmt, artifact_path(Path(repository), repo_options))
         lines.append(f"  model: {artifact} ({artifact.stat().st_size / 1e6:.1f} MB)")
-    if loaded.random_weights:
+    if loaded.random_weights and not configs_only:
         lines.append("  WEIGHTS ARE RANDOM (seeded): features are not meaningful; pass --checkpoint for real ones")
     return "\n".join(lines)

@@ -1,0 +1,127 @@
+"""OpenAI's CLIP image transform, reproduced with Pillow and numpy only.
+
+`clip.load` preprocesses with torchvision: Resize(n, bicubic) -> CenterCrop(n) -> RGB -> [0, 1]
+float CHW -> Normalize(CLIP mean/std). This module performs the same Pillow calls in the same order
+(so results are bit-identical where Pillow does the work) and the arithmetic in float32 numpy.
+
+It is the one implementation of the transform: the server's `clip_preprocess` model ships a copy of
+this file, and the client imports it for `preprocess="client"`. It therefore depends on nothing but
+Pillow, numpy and the standard library, and must stay importable as a single file.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+CLIP_MEAN = np.array((0.48145466, 0.4578275, 0.40821073), dtype=np.float32)
+CLIP_STD = np.array((0.26862954, 0.26130258, 0.27577711), dtype=np.float32)
+DEFAULT_MAX_IMAGE_PIXELS = 2 * 89_478_485  # Pillow's own decompression-bomb error threshold
+
+
+class ImageRejected(ValueError):
+    """An input that is not an image we can (or may) decode; the message says why."""
+
+
+def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open encoded bytes like `PIL.Image.open`, refusing unsafe sizes before any pixel is decoded.
+
+    Pillow parses only the header here; the pixel limit is checked on the declared size, so a
+    decompression bomb is refused without allocating its pixels.
+    """
+    if len(data) == 0:
+        raise ImageRejected("empty input (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as error:
+        raise ImageRejected(f"decompression bomb refused: {error}") from None
+    except UnidentifiedImageError:
+        raise ImageRejected(f"not a recognised image format (starts with {data[:12]!r})") from None
+    except Exception as error:  # Pillow raises many types for foreign data
+        raise ImageRejected(f"not a decodable image: {_describe(error)}") from None
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise ImageRejected(f"image has no pixels ({width}x{height})")
+    if width * height > max_pixels:
+        raise ImageRejected(
+            f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
+        )
+    return image
+
+
+def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """torchvision's Resize(int) on a PIL image: shorter side -> `size`, longer side truncated."""
+    if width <= height:
+        return size, int(size * height / width)
+    return int(size * width / height), size
+
+
+def resize_and_crop(image: Image.Image, size: int, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Resize(size, bicubic) -> CenterCrop(size) -> convert("RGB"), as HWC uint8.
+
+    The RGB conversion comes last, as in OpenAI's pipeline: grayscale, palette, RGBA, CMYK and
+    16-bit images are resized in their own mode. Pillow itself uses nearest-neighbour for modes
+    "1" and "P". The shorter side always becomes `size` and the longer side is at least that, so
+    CenterCrop never needs torchvision's zero padding here.
+    """
+    width, height = image.size
+    new_width, new_height = resized_size(width, height, size)
+    if new_width * new_height > max_pixels:
+        raise ImageRejected(
+            f"aspect ratio too extreme: {width}x{height} would be resized to {new_width}x{new_height}"
+        )
+    try:
+        if (new_width, new_height) != (width, height):
+            image = image.resize((new_width, new_height), Image.BICUBIC)
+        top = int(round((new_height - size) / 2.0))
+        left = int(round((new_width - size) / 2.0))
+        image = image.crop((left, top, left + size, top + size)).convert("RGB")
+        return np.asarray(image, dtype=np.uint8)
+    except ImageRejected:
+        raise
+    except Exception as error:  # truncated or corrupt data surfaces when pixels are decoded
+        raise ImageRejected(f"cannot decode image data: {_describe(error)}") from None
+
+
+def normalize(rgb: np.ndarray) -> np.ndarray:
+    """HWC (or NHWC) uint8 -> CHW (or NCHW) float32, scaled to [0, 1] and normalized with CLIP's stats.
+
+    Vectorized over the whole batch: one pass of numpy, no per-image Python.
+    """
+    pixels = rgb.astype(np.float32) / np.float32(255)
+    pixels = (pixels - CLIP_MEAN) / CLIP_STD
+    return np.ascontiguousarray(np.moveaxis(pixels, -1, -3))
+
+
+def preprocess(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+    """One encoded image -> float32 [3, size, size], exactly OpenAI's `_transform(size)`."""
+    return normalize(resize_and_crop(open_image(data, max_pixels), size, max_pixels))
+
+
+def preprocess_batch(
+    images: Sequence[bytes], size: int, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> tuple[np.ndarray, dict[int, str]]:
+    """Many encoded images -> float32 [M, 3, size, size] for the good ones, plus {index: reason} for the bad.
+
+    Decoding and resizing are per image (Pillow); the float conversion runs once over the batch.
+    """
+    crops: list[np.ndarray] = []
+    errors: dict[int, str] = {}
+    for index, data in enumerate(images):
+        try:
+            crops.append(resize_and_crop(open_image(data, max_pixels), size, max_pixels))
+        except ImageRejected as error:
+            errors[index] = str(error)
+    if not crops:
+        return np.zeros((0, 3, size, size), dtype=np.float32), errors
+    return normalize(np.stack(crops)), errors
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

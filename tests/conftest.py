@@ -1,0 +1,74 @@
+"""Shared fixtures: golden data from ../shared, exported repositories, and real Triton servers.
+
+Servers bind 127.0.0.1 on free ports and are always stopped by PID (SIGTERM, then SIGKILL).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+
+from clip_triton.server import ServerOptions, TritonServer, free_port
+from clip_triton_export.pipeline import export_repository
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+IMAGES = SHARED / "images"
+GOLDEN = SHARED / "golden"
+MANIFEST = json.loads((GOLDEN / "manifest.json").read_text())
+IMAGE_NAMES: list[str] = MANIFEST["images"]
+CHECKPOINTS: list[str] = sorted(MANIFEST["checkpoints"])
+
+
+def golden_features(checkpoint: str) -> dict[str, np.ndarray]:
+    data = np.load(GOLDEN / MANIFEST["checkpoints"][checkpoint]["features"])
+    return dict(zip(data["names"], data["features"]))
+
+
+def image_bytes(name: str) -> bytes:
+    return (IMAGES / name).read_bytes()
+
+
+def assert_features_match(actual: np.ndarray, expected: np.ndarray, cosine: float = 0.99999,
+                          relative_l2: float = 1e-4) -> None:
+    """Rows must agree with OpenAI's encode_image: cosine >= 0.99999 and relative L2 error <= 1e-4."""
+    actual, expected = np.atleast_2d(actual), np.atleast_2d(expected)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    cos = (actual * expected).sum(1) / np.linalg.norm(actual, axis=1) / np.linalg.norm(expected, axis=1)
+    rel = np.linalg.norm(actual - expected, axis=1) / np.linalg.norm(expected, axis=1)
+    assert cos.min() >= cosine, cos
+    assert rel.max() <= relative_l2, rel
+
+
+@contextlib.contextmanager
+def running_server(repository: Path, **options) -> Iterator[TritonServer]:
+    """A real tritonserver on free loopback ports, stopped (by PID) whatever happens."""
+    server = TritonServer(ServerOptions(repository=repository, grpc_port=free_port(), http_port=free_port(),
+                                       metrics_port=free_port(), **options))
+    try:
+        server.start().wait_until_ready(180)
+        yield server
+    finally:
+        server.stop()
+
+
+def export_golden(directory: Path, checkpoint: str, fmt: str = "onnx", **options) -> Path:
+    export_repository(directory, checkpoint=GOLDEN / MANIFEST["checkpoints"][checkpoint]["file"], fmt=fmt,
+                      target="cpu", **options)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def vit_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_golden(tmp_path_factory.mktemp("vit-onnx"), "tiny-vit-b32")
+
+
+@pytest.fixture(scope="session")
+def vit_server(vit_repository: Path) -> Iterator[TritonServer]:
+    """One shared server (tiny ViT, ONNX) for tests that only need *a* correct server."""
+    with running_server(vit_repository) as server:
+        yield server
