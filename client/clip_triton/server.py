@@ -38,6 +38,9 @@ class ServerOptions:
     metrics_port: int = 8002
     exit_timeout_s: int = 30  # graceful drain: in-flight requests finish before exit
     log_verbose: int = 0
+    # Admin protocols need this header key (`clip-triton-admin-key: <key>`); None leaves them open,
+    # which `serve` only allows on loopback.
+    admin_key: str | None = None
     extra_args: list[str] = field(default_factory=list)
 
     def command(self, binary: Path, backends: Path) -> list[str]:
@@ -52,8 +55,25 @@ class ServerOptions:
             f"--http-address={self.host}", f"--http-port={self.http_port}",
             "--allow-metrics=true", f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
             f"--log-verbose={self.log_verbose}",
+            *restricted_protocol_args(self.admin_key),
             *self.extra_args,
         ]
+
+
+ADMIN_HEADER = "clip-triton-admin-key"
+ADMIN_PROTOCOLS = "model-repository,shared-memory,logging,trace"
+
+
+def restricted_protocol_args(admin_key: str | None) -> list[str]:
+    """tritonserver flags that put the admin protocols behind the `clip-triton-admin-key` header."""
+    if not admin_key:
+        return []
+    rule = f"{ADMIN_PROTOCOLS}:{ADMIN_HEADER}={admin_key}"
+    return [f"--grpc-restricted-protocol={rule}", f"--http-restricted-protocol={rule}"]
+
+
+def is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
