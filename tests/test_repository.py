@@ -1,0 +1,90 @@
+"""Generated configs parse with Triton's own protobuf, and the checked-in repository is what the generator makes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as pb
+
+from clip_triton import contract
+from clip_triton_export.architectures import named_architecture
+from clip_triton_export.repository import RepositoryOptions, model_configs, render_repository
+from conftest import ROOT
+
+CHECKED_IN = ROOT / "model_repository"
+
+
+def parse(content: bytes) -> pb.ModelConfig:
+    return text_format.Parse(content.decode(), pb.ModelConfig())
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("target", ["cpu", "gpu"])
+@pytest.mark.parametrize("arch", ["ViT-B/32", "ViT-L/14@336px", "RN50x4"])
+def test_every_config_parses_and_follows_the_contract(fmt: str, target: str, arch: str) -> None:
+    spec = named_architecture(arch)
+    files = render_repository(spec, RepositoryOptions(fmt=fmt, target=target))
+    configs = {path.split("/")[0]: parse(content) for path, content in files.items() if path.endswith("config.pbtxt")}
+    r, d = spec.image_resolution, spec.embed_dim
+
+    ensemble = configs[contract.ENSEMBLE_MODEL]
+    assert ensemble.platform == "ensemble" and ensemble.max_batch_size >= 64
+    assert [(t.name, t.data_type, list(t.dims)) for t in ensemble.input] == [("IMAGE", pb.TYPE_STRING, [1])]
+    assert [(t.name, t.data_type, list(t.dims)) for t in ensemble.output] == [("EMBEDDING", pb.TYPE_FP32, [d])]
+    steps = ensemble.ensemble_scheduling.step
+    assert [s.model_name for s in steps] == [contract.PREPROCESS_MODEL, contract.VISUAL_MODEL]
+    assert steps[0].output_map["PIXEL_VALUES"] == steps[1].input_map["PIXEL_VALUES"]
+    assert steps[1].output_map["EMBEDDING"] == "EMBEDDING"
+
+    preprocess = configs[contract.PREPROCESS_MODEL]
+    assert preprocess.backend == "python" and preprocess.HasField("dynamic_batching")
+    assert [(t.name, list(t.dims)) for t in preprocess.output] == [("PIXEL_VALUES", [3, r, r])]
+    assert preprocess.instance_group[0].kind == pb.ModelInstanceGroup.KIND_CPU
+
+    visual = configs[contract.VISUAL_MODEL]
+    assert [(t.name, t.data_type, list(t.dims)) for t in visual.input] == [("PIXEL_VALUES", pb.TYPE_FP32, [3, r, r])]
+    assert [(t.name, list(t.dims)) for t in visual.output] == [("EMBEDDING", [d])]
+    assert list(visual.dynamic_batching.preferred_batch_size)
+    for config in configs.values():
+        assert config.max_batch_size == ensemble.max_batch_size
+
+    if target == "gpu":
+        expected = {"onnx": ("onnxruntime", "onnxruntime_onnx", "model.onnx"),
+                    "torchscript": ("pytorch", "pytorch_libtorch", "model.pt")}[fmt]
+        assert (visual.backend, visual.platform, visual.default_model_filename) == expected
+        assert visual.instance_group[0].kind == pb.ModelInstanceGroup.KIND_GPU
+        assert f"{contract.VISUAL_MODEL}/1/model.py" not in files
+    else:
+        assert visual.backend == "python" and visual.instance_group[0].kind == pb.ModelInstanceGroup.KIND_CPU
+        assert visual.parameters["runtime"].string_value == {"onnx": "onnxruntime", "torchscript": "torchscript"}[fmt]
+        assert f"{contract.VISUAL_MODEL}/1/model.py" in files
+
+
+def test_max_batch_size_is_applied_everywhere() -> None:
+    configs = model_configs(named_architecture("RN50"), RepositoryOptions(max_batch_size=8))
+    assert {c.max_batch_size for c in configs.values()} == {8}
+    assert max(configs[contract.VISUAL_MODEL].dynamic_batching.preferred_batch_size) <= 8
+
+
+def test_bad_options_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown target 'tpu'"):
+        RepositoryOptions(target="tpu")
+    with pytest.raises(ValueError, match="unknown format 'tflite'"):
+        RepositoryOptions(fmt="tflite")
+
+
+def test_checked_in_repository_is_exactly_what_the_generator_makes() -> None:
+    expected = render_repository(named_architecture("ViT-B/32"), RepositoryOptions(fmt="onnx", target="gpu"))
+    actual = {str(p.relative_to(CHECKED_IN)): p.read_bytes() for p in sorted(CHECKED_IN.rglob("*"))
+              if p.is_file() and "__pycache__" not in p.parts}
+    assert sorted(actual) == sorted(expected), "run `make repository` to regenerate model_repository/"
+    for path, content in expected.items():
+        assert actual[path] == content, f"{path} differs: run `make repository`"
+
+
+def test_preprocessing_model_ships_the_one_transform() -> None:
+    import clip_triton.transform
+
+    files = render_repository(named_architecture("ViT-B/32"), RepositoryOptions())
+    assert files["clip_preprocess/1/clip_transform.py"] == Path(clip_triton.transform.__file__).read_bytes()
