@@ -20,6 +20,8 @@ from PIL import Image, UnidentifiedImageError
 CLIP_MEAN = np.array((0.48145466, 0.4578275, 0.40821073), dtype=np.float32)
 CLIP_STD = np.array((0.26862954, 0.26130258, 0.27577711), dtype=np.float32)
 DEFAULT_MAX_IMAGE_PIXELS = 2 * 89_478_485  # Pillow's own decompression-bomb error threshold
+_SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
+               (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
 
 
 class ImageRejected(ValueError):
@@ -41,6 +43,9 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image
     except Image.DecompressionBombError as error:
         raise ImageRejected(f"decompression bomb refused: {error}") from None
     except UnidentifiedImageError:
+        known = next((name for magic, name in _SIGNATURES if data.startswith(magic)), None)
+        if known:
+            raise ImageRejected(f"cannot decode {known} data (truncated or corrupt header)") from None
         raise ImageRejected(f"not a recognised image format (starts with {data[:12]!r})") from None
     except Exception as error:  # Pillow raises many types for foreign data
         raise ImageRejected(f"not a decodable image: {_describe(error)}") from None
