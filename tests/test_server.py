@@ -105,3 +105,21 @@ def test_client_isolates_bad_images_and_names_them(vit_server) -> None:
     with ClipClient(vit_server.grpc_url) as client, pytest.raises(InvalidImageError) as caught:
         client.encode([IMAGES / "horse.png", b"", IMAGES / "coffee.png"])
     assert list(caught.value.reasons) == [1] and "empty input" in caught.value.reasons[1]
+
+
+@pytest.mark.parametrize("arch", ["ViT-B/32", "RN50"])
+def test_full_size_architectures_serve_what_eager_torch_computes(arch: str, tmp_path: Path) -> None:
+    import torch
+
+    from clip_triton.transform import preprocess
+    from clip_triton_export.pipeline import export_repository, load_source
+
+    export_repository(tmp_path, random_init=arch)
+    loaded = load_source(None, arch)
+    pixels = np.stack([preprocess(image_bytes(n), loaded.spec.image_resolution) for n in IMAGE_NAMES])
+    with torch.no_grad():
+        expected = loaded.model(torch.from_numpy(pixels)).numpy()
+    with running_server(tmp_path) as server:
+        served = infer(server.grpc_url, [image_bytes(n) for n in IMAGE_NAMES])
+    assert served.shape == (len(IMAGE_NAMES), loaded.spec.embed_dim)
+    assert_features_match(served, expected)

@@ -28,20 +28,28 @@ _NATIVE_BACKENDS = {"onnx": ("onnxruntime", "onnxruntime_onnx"), "torchscript": 
 _RUNTIMES = {"onnx": "onnxruntime", "torchscript": "torchscript"}
 
 
+# Per-target defaults (README "Tuning"): a GPU host has many cores for the Python preprocessing and a
+# GPU that wants large batches; the CPU target shares a few cores between the two models.
+TARGET_DEFAULTS = {
+    "cpu": {"preprocess_instances": 1, "visual_instances": 1, "preferred_batch_sizes": (4, 8, 16, 32)},
+    "gpu": {"preprocess_instances": 4, "visual_instances": 1, "preferred_batch_sizes": (16, 32, 64)},
+}
+
+
 @dataclass(frozen=True)
 class RepositoryOptions:
-    """What can be tuned per deployment; the defaults are explained in the README."""
+    """What can be tuned per deployment; fields left as None take the target's default."""
 
     fmt: str = "onnx"
     target: str = "cpu"
     max_batch_size: int = contract.MAX_BATCH_SIZE
-    preprocess_instances: int = 1
-    visual_instances: int = 1
+    preprocess_instances: int | None = None
+    visual_instances: int | None = None
     visual_threads: int = 0  # intra-op threads for the CPU target's runtime; 0 = the runtime's default
     max_image_pixels: int = transform.DEFAULT_MAX_IMAGE_PIXELS
     preprocess_queue_delay_us: int = 500
     visual_queue_delay_us: int = 1000
-    preferred_batch_sizes: tuple[int, ...] = (4, 8, 16, 32)
+    preferred_batch_sizes: tuple[int, ...] | None = None
     weights: str | None = None  # provenance of the weights, recorded in clip_visual's parameters
 
     def __post_init__(self) -> None:
@@ -51,6 +59,9 @@ class RepositoryOptions:
             raise ValueError(f"unknown target {self.target!r}; choose one of: {', '.join(TARGETS)}")
         if self.max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
+        for name, value in TARGET_DEFAULTS[self.target].items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
 
 
 def model_configs(spec: VisualSpec, options: RepositoryOptions) -> dict[str, pb.ModelConfig]:
