@@ -31,8 +31,10 @@ _RUNTIMES = {"onnx": "onnxruntime", "torchscript": "torchscript"}
 # Per-target defaults (README "Tuning"): a GPU host has many cores for the Python preprocessing and a
 # GPU that wants large batches; the CPU target shares a few cores between the two models.
 TARGET_DEFAULTS = {
-    "cpu": {"preprocess_instances": 1, "visual_instances": 1, "preferred_batch_sizes": (4, 8, 16, 32)},
-    "gpu": {"preprocess_instances": 4, "visual_instances": 1, "preferred_batch_sizes": (16, 32, 64)},
+    "cpu": {"preprocess_instances": 1, "visual_instances": 1, "preferred_batch_sizes": (4, 8, 16, 32),
+            "max_queue_size": 64},
+    "gpu": {"preprocess_instances": 4, "visual_instances": 1, "preferred_batch_sizes": (16, 32, 64),
+            "max_queue_size": 512},
 }
 
 
@@ -47,6 +49,11 @@ class RepositoryOptions:
     visual_instances: int | None = None
     visual_threads: int = 0  # intra-op threads for the CPU target's runtime; 0 = the runtime's default
     max_image_pixels: int = transform.DEFAULT_MAX_IMAGE_PIXELS
+    max_image_bytes: int = transform.DEFAULT_MAX_IMAGE_BYTES
+    # Overload: each composing model queues at most this many requests and rejects the rest at once
+    # (UNAVAILABLE), so latency stays bounded; 0 = unbounded. Requests may carry their own timeout.
+    max_queue_size: int | None = None
+    queue_timeout_us: int = 0  # default per-request queue timeout (0 = none); clients may override
     preprocess_queue_delay_us: int = 500
     visual_queue_delay_us: int = 1000
     preferred_batch_sizes: tuple[int, ...] | None = None
@@ -76,6 +83,8 @@ def model_configs(spec: VisualSpec, options: RepositoryOptions) -> dict[str, pb.
     preprocess.dynamic_batching.max_queue_delay_microseconds = options.preprocess_queue_delay_us
     preprocess.instance_group.add(kind=pb.ModelInstanceGroup.KIND_CPU, count=options.preprocess_instances)
     preprocess.parameters["max_image_pixels"].string_value = str(options.max_image_pixels)
+    preprocess.parameters["max_image_bytes"].string_value = str(options.max_image_bytes)
+    _queue_policy(preprocess, options)
 
     visual = pb.ModelConfig(name=contract.VISUAL_MODEL, max_batch_size=options.max_batch_size)
     if options.target == "gpu":
@@ -93,6 +102,7 @@ def model_configs(spec: VisualSpec, options: RepositoryOptions) -> dict[str, pb.
     sizes = [s for s in options.preferred_batch_sizes if s <= options.max_batch_size]
     visual.dynamic_batching.preferred_batch_size.extend(sizes)
     visual.dynamic_batching.max_queue_delay_microseconds = options.visual_queue_delay_us
+    _queue_policy(visual, options)
     if options.weights:
         visual.parameters["weights"].string_value = options.weights
 
@@ -108,6 +118,14 @@ def model_configs(spec: VisualSpec, options: RepositoryOptions) -> dict[str, pb.
     step.output_map[contract.EMBEDDING_OUTPUT] = contract.EMBEDDING_OUTPUT
 
     return {c.name: c for c in (preprocess, visual, ensemble)}
+
+
+def _queue_policy(config: pb.ModelConfig, options: RepositoryOptions) -> None:
+    policy = config.dynamic_batching.default_queue_policy
+    policy.max_queue_size = options.max_queue_size
+    policy.timeout_action = pb.ModelQueuePolicy.REJECT
+    policy.default_timeout_microseconds = options.queue_timeout_us
+    policy.allow_timeout_override = True
 
 
 def render_config(config: pb.ModelConfig) -> bytes:

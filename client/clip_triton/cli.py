@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import secrets
 import signal
 import sys
 import time
@@ -29,6 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="run Triton on a model repository in the foreground")
     serve.add_argument("--repository", type=Path, required=True)
     _add_server_options(serve)
+    serve.add_argument("--admin-key", default=os.environ.get("CLIP_TRITON_ADMIN_KEY"),
+                       help="header key guarding the admin protocols (model repository, shared memory, logging, "
+                            "trace); default $CLIP_TRITON_ADMIN_KEY; generated when --host is not loopback")
+    serve.add_argument("--unhealthy-exit-after", type=float, default=30.0, metavar="SECONDS",
+                       help="exit non-zero when the server stays not-ready this long (0 = never)")
 
     encode = commands.add_parser("encode", help="encode image files through the server")
     encode.add_argument("paths", nargs="+", type=Path, help="image files or folders (searched recursively)")
@@ -78,26 +85,43 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _server_options(args: argparse.Namespace):
-    from .server import ServerOptions
+    from .server import ServerOptions, is_loopback
 
+    admin_key = getattr(args, "admin_key", None)
+    if not admin_key and not is_loopback(args.host):
+        admin_key = secrets.token_urlsafe(24)
+        print(f"--host {args.host} is reachable from other machines: admin protocols are restricted; "
+              f"admin key (send as header clip-triton-admin-key): {admin_key}", flush=True)
     return ServerOptions(repository=args.repository.resolve(), host=args.host, grpc_port=args.grpc_port,
-                         http_port=args.http_port, metrics_port=args.metrics_port)
+                         http_port=args.http_port, metrics_port=args.metrics_port, admin_key=admin_key)
 
 
 def _serve(args: argparse.Namespace) -> int:
+    """Run until SIGINT/SIGTERM; exit non-zero if Triton dies or stays unready (never hang)."""
     from .server import TritonServer
 
     server = TritonServer(_server_options(args))
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
-    signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
+    stopping: list[int] = []
+    signal.signal(signal.SIGTERM, lambda number, _: stopping.append(number))
+    signal.signal(signal.SIGINT, lambda number, _: stopping.append(number))
     server.start().wait_until_ready()
-    print(f"serving {args.repository} - gRPC {server.grpc_url}, HTTP {server.http_url} (Ctrl-C stops)", flush=True)
+    print(f"serving {args.repository} - gRPC {server.grpc_url}, HTTP {server.http_url}, "
+          f"metrics {args.host}:{args.metrics_port} (pid {server.pid}; Ctrl-C stops)", flush=True)
+    unready_since: float | None = None
     while not stopping:
         if server.process.poll() is not None:
             print(f"tritonserver exited with {server.process.returncode}:\n{server.log_tail()}", file=sys.stderr)
             return 1
-        time.sleep(0.5)
+        if server.is_ready():
+            unready_since = None
+        else:
+            unready_since = unready_since or time.monotonic()
+            if args.unhealthy_exit_after and time.monotonic() - unready_since > args.unhealthy_exit_after:
+                print(f"tritonserver not ready for {args.unhealthy_exit_after:.0f} s, stopping:\n{server.log_tail()}",
+                      file=sys.stderr)
+                server.stop()
+                return 1
+        time.sleep(1.0)
     code = server.stop()
     print(f"stopped (tritonserver exit code {code})", flush=True)
     return 0

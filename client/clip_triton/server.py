@@ -69,7 +69,7 @@ def restricted_protocol_args(admin_key: str | None) -> list[str]:
     if not admin_key:
         return []
     rule = f"{ADMIN_PROTOCOLS}:{ADMIN_HEADER}={admin_key}"
-    return [f"--grpc-restricted-protocol={rule}", f"--http-restricted-protocol={rule}"]
+    return [f"--grpc-restricted-protocol={rule}", f"--http-restricted-api={rule}"]
 
 
 def is_loopback(host: str) -> bool:

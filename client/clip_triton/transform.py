@@ -20,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 CLIP_MEAN = np.array((0.48145466, 0.4578275, 0.40821073), dtype=np.float32)
 CLIP_STD = np.array((0.26862954, 0.26130258, 0.27577711), dtype=np.float32)
 DEFAULT_MAX_IMAGE_PIXELS = 2 * 89_478_485  # Pillow's own decompression-bomb error threshold
+DEFAULT_MAX_IMAGE_BYTES = 64 * 1024 * 1024  # far above any real photo file; bounds what one element may cost
 _SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
                (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
 
@@ -28,7 +29,8 @@ class ImageRejected(ValueError):
     """An input that is not an image we can (or may) decode; the message says why."""
 
 
-def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+               max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> Image.Image:
     """Open encoded bytes like `PIL.Image.open`, refusing unsafe sizes before any pixel is decoded.
 
     Pillow parses only the header here; the pixel limit is checked on the declared size, so a
@@ -36,6 +38,8 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image
     """
     if len(data) == 0:
         raise ImageRejected("empty input (0 bytes)")
+    if len(data) > max_bytes:
+        raise ImageRejected(f"input is {len(data)} bytes, over the limit of {max_bytes} bytes")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -109,7 +113,8 @@ def preprocess(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_IMAGE_PIXEL
 
 
 def preprocess_batch(
-    images: Sequence[bytes], size: int, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    images: Sequence[bytes], size: int, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
 ) -> tuple[np.ndarray, dict[int, str]]:
     """Many encoded images -> float32 [M, 3, size, size] for the good ones, plus {index: reason} for the bad.
 
@@ -119,7 +124,7 @@ def preprocess_batch(
     errors: dict[int, str] = {}
     for index, data in enumerate(images):
         try:
-            crops.append(resize_and_crop(open_image(data, max_pixels), size, max_pixels))
+            crops.append(resize_and_crop(open_image(data, max_pixels, max_bytes), size, max_pixels))
         except ImageRejected as error:
             errors[index] = str(error)
     if not crops:

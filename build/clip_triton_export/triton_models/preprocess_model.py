@@ -12,7 +12,7 @@ import triton_python_backend_utils as pb_utils
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from clip_transform import DEFAULT_MAX_IMAGE_PIXELS, preprocess_batch  # noqa: E402  (shipped beside this file)
+from clip_transform import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, preprocess_batch  # noqa: E402  (shipped beside this file)
 
 
 class TritonPythonModel:
@@ -22,6 +22,7 @@ class TritonPythonModel:
         self.size = int(pixels["dims"][-1])
         parameters = config.get("parameters", {})
         self.max_pixels = int(parameters.get("max_image_pixels", {}).get("string_value", DEFAULT_MAX_IMAGE_PIXELS))
+        self.max_bytes = int(parameters.get("max_image_bytes", {}).get("string_value", DEFAULT_MAX_IMAGE_BYTES))
         Image.MAX_IMAGE_PIXELS = None  # our own limit (checked before decoding) governs in this process
 
     def execute(self, requests):
@@ -30,7 +31,7 @@ class TritonPythonModel:
             blobs = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy().reshape(-1)
             images.extend(bytes(blob) for blob in blobs)
             counts.append(len(blobs))
-        pixels, errors = preprocess_batch(images, self.size, self.max_pixels)
+        pixels, errors = preprocess_batch(images, self.size, self.max_pixels, self.max_bytes)
 
         responses, first, good = [], 0, 0
         for count in counts:
