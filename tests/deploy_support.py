@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,7 +28,16 @@ K8S = DEPLOY / "k8s"
 START = DEPLOY / "docker" / "triton" / "start.py"
 HEALTHCHECK = DEPLOY / "docker" / "triton" / "healthcheck.py"
 BUILDER = DEPLOY / "docker" / "builder" / "build-repository.sh"
+APPLY_OVERRIDES = DEPLOY / "docker" / "builder" / "apply_overrides.py"
 ADMIN_KEY = "test-admin-key-7f3a"
+
+
+def load_script(path: Path):
+    """Import a deployment script (not on sys.path in the repository) as a module."""
+    spec = importlib.util.spec_from_file_location(path.stem.replace("-", "_"), path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def load_yaml(path: Path) -> dict:
@@ -86,6 +97,22 @@ def label_names(expr: str) -> set[str]:
 
     promql_parser.walk(promql_parser.parse(expr), visit)
     return names
+
+
+_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s')
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_exposition(text: str) -> list[tuple[str, dict[str, str]]]:
+    """Prometheus text exposition -> (series name, labels) per sample, names exactly as Prometheus stores
+    them (prometheus_client's parser would append _total to counters, which Prometheus does not)."""
+    samples = []
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            match = _SAMPLE.match(line)
+            assert match, f"not a sample line: {line!r}"
+            samples.append((match.group(1), dict(_LABEL.findall(match.group(2) or ""))))
+    return samples
 
 
 def http(method: str, url: str, headers: dict[str, str] | None = None, body: bytes | None = None) -> tuple[int, bytes]:

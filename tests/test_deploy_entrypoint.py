@@ -1,7 +1,6 @@
 """The container's entrypoint and model builder, run for real here (no Docker needed for either)."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -13,14 +12,11 @@ from tritonclient.grpc import model_config_pb2 as pb
 
 from clip_triton.server import ServerOptions, restricted_protocol_args
 from conftest import GOLDEN, MANIFEST
-from deploy_support import ADMIN_KEY, BUILDER, HEALTHCHECK, START, flag_name, tritonserver_flags
+from deploy_support import ADMIN_KEY, BUILDER, HEALTHCHECK, START, flag_name, load_script, tritonserver_flags
 
 
 def _start_module():
-    spec = importlib.util.spec_from_file_location("clip_triton_start", START)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(START)
 
 
 def test_entrypoint_command_is_exactly_what_serve_runs_plus_the_admin_key():
