@@ -3,9 +3,10 @@
 The flags come from `ServerOptions.command()` in client/clip_triton/server.py (copied into the image
 as `clip_triton/server.py`), so the container and the local server cannot drift apart: model control
 NONE, strict readiness, the graceful-drain exit timeout, metrics on, and the admin protocols behind
-the `clip-triton-admin-key` header. Like `serve`, it refuses to bind a non-loopback address with
-the admin protocols open: set CLIP_TRITON_ADMIN_KEY (or CLIP_TRITON_ADMIN_KEY_FILE, e.g. a mounted
-Secret). Arguments given to the container are appended (for a shared cluster's --rate-limit, say).
+the `clip-triton-admin-key` header. It never binds a non-loopback address with the admin protocols
+open: where `serve` would generate a key and print it, a container refuses to start instead (a key that
+changes on every restart and lives only in a log is no use to operators): set CLIP_TRITON_ADMIN_KEY
+(or CLIP_TRITON_ADMIN_KEY_FILE, e.g. a mounted Secret). Arguments given to the container are appended (for a shared cluster's --rate-limit, say).
 
 Environment (defaults are the container's): MODEL_REPOSITORY=/models, TRITON_ADDRESS=0.0.0.0,
 HTTP_PORT=8000, GRPC_PORT=8001, METRICS_PORT=8002, EXIT_TIMEOUT_SECS=30, LOG_VERBOSE=0,
