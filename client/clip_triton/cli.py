@@ -63,6 +63,8 @@ def _add_repository_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", choices=("cpu", "gpu"), default="cpu",
                         help="cpu: runtime inside the Python backend (runs anywhere); gpu: Triton's native backend")
     parser.add_argument("--max-batch-size", type=int, default=contract.MAX_BATCH_SIZE)
+    parser.add_argument("--fast-jpeg-decode", action="store_true",
+                        help="decode big JPEGs at reduced scale (much faster, not bit-exact; cosine >= 0.999)")
 
 
 def _add_server_options(parser: argparse.ArgumentParser) -> None:
@@ -78,7 +80,7 @@ def _export(args: argparse.Namespace) -> int:
     summary = export_repository(
         repository=args.repository, checkpoint=args.checkpoint, random_init=args.random_init,
         seed=args.seed, fmt=args.fmt, target=args.target, max_batch_size=args.max_batch_size,
-        configs_only=args.configs_only,
+        configs_only=args.configs_only, fast_jpeg_decode=args.fast_jpeg_decode,
     )
     print(summary)
     return 0
