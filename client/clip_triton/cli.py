@@ -27,6 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     _add_repository_options(export)
     export.add_argument("--seed", type=int, default=0, help="seed for --random-init")
     export.add_argument("--configs-only", action="store_true", help="write configs and code, not the model file")
+    export.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
+                        help="int8: ONNX Runtime int8 (VNNI) variant for the CPU target, about 2x faster")
+    export.add_argument("--calibration-images", type=Path,
+                        help="folder of typical images for int8 calibration (default: examples/images)")
 
     serve = commands.add_parser("serve", help="run Triton on a model repository in the foreground")
     serve.add_argument("--repository", type=Path, required=True)
@@ -81,6 +85,7 @@ def _export(args: argparse.Namespace) -> int:
         repository=args.repository, checkpoint=args.checkpoint, random_init=args.random_init,
         seed=args.seed, fmt=args.fmt, target=args.target, max_batch_size=args.max_batch_size,
         configs_only=args.configs_only, fast_jpeg_decode=args.fast_jpeg_decode,
+        precision=args.precision, calibration_images=args.calibration_images,
     )
     print(summary)
     return 0
