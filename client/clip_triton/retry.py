@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from .errors import RequestFailedError, ServerTimeoutError, ServerUnavailableError, TransportError
 
 QUEUE_FULL_MESSAGE = "Exceeds maximum queue size"
+# Triton answers a request missing a restricted protocol's header with UNAVAILABLE; waiting cannot fix it.
+RESTRICTED_MESSAGE = "This protocol is restricted"
 
 
 def status_name(status: str | None) -> str:
@@ -37,12 +39,15 @@ class RetryPolicy:
     multiplier: float = 2.0
     retry_statuses: frozenset[str] = field(default_factory=lambda: frozenset({"UNAVAILABLE"}))
     retry_messages: tuple[str, ...] = (QUEUE_FULL_MESSAGE,)
+    never_retry_messages: tuple[str, ...] = (RESTRICTED_MESSAGE,)
 
     def __post_init__(self) -> None:
         if self.deadline_s < 0 or self.initial_backoff_s <= 0 or self.max_backoff_s <= 0 or self.multiplier < 1:
             raise ValueError(f"invalid retry policy {self}")
 
     def is_retryable(self, status: str | None, message: str) -> bool:
+        if any(m in message for m in self.never_retry_messages):
+            return False
         return status_name(status) in self.retry_statuses or any(m in message for m in self.retry_messages)
 
     def backoff(self, attempt: int, rng: random.Random | None = None) -> float:
@@ -66,6 +71,9 @@ def final_error(status: str | None, message: str, url: str, *, attempts: int = 1
     where = f"{context} to {url}"
     if name == "DEADLINE_EXCEEDED":
         return ServerTimeoutError(f"{where} timed out: {message}", name, url)
+    if RESTRICTED_MESSAGE in message:
+        return RequestFailedError(f"{where} refused: {message} (pass it with headers={{...}}; over gRPC Triton "
+                                  "expects the configured header name prefixed by 'triton-grpc-protocol-')", name, url)
     if name == "UNAVAILABLE" or QUEUE_FULL_MESSAGE in message:
         tries = f" after {attempts} attempt(s) over {waited_s:.1f} s" if attempts > 1 else ""
         return ServerUnavailableError(f"{where} failed{tries}: {name}: {message}{_hint(message)}", name, url)
