@@ -10,6 +10,7 @@ image gets which row exists exactly once.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import re
 import time
@@ -29,6 +30,7 @@ from .results import EncodeResult, ImageFailure, assemble_chunk, l2_normalize
 from .retry import RetryPolicy, final_error, status_name
 from .transform import DEFAULT_MAX_IMAGE_PIXELS, preprocess_batch
 
+log = logging.getLogger("clip_triton.client")
 T = TypeVar("T")
 DEFAULT_CONCURRENCY = 4
 METADATA_TIMEOUT_S = 10.0
@@ -212,6 +214,7 @@ class ClientCore:
             wait, elapsed = self.pool.wait_s(), time.monotonic() - started
             if elapsed + wait > self.retry.deadline_s:
                 raise final_error(status, message, url, attempts=attempt, waited_s=elapsed, context=context) from None
+            log.info("%s: %s from %s (attempt %d); retrying in %.2f s", context, status, url, attempt, wait)
             if wait > 0:
                 yield Sleep(wait)
 

@@ -84,7 +84,8 @@ def _hint(message: str) -> str:
     """A sentence for the common misconfigurations whose gRPC messages are cryptic."""
     lowered = message.lower()
     if "ssl" in lowered or "handshake" in lowered or "tls" in lowered:
-        return " (TLS mismatch? use ssl=True/--tls with the server's root certificate, or plain gRPC without)"
+        return (" (TLS mismatch? for a TLS server pass its root certificate: root_certificates=... or --tls-ca;"
+                " for a plain server, connect without TLS)")
     if "http1.x" in lowered or "http/1" in lowered:
         return " (this looks like an HTTP port; the gRPC port is usually 8001)"
     if "socket closed" in lowered:
