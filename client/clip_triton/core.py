@@ -205,10 +205,11 @@ class ClientCore:
                 self.pool.succeeded(url)
                 return outcome
             status, message = status_name(outcome.status()), str(outcome.message() or outcome)
-            if status in returned_statuses:
+            retryable = self.retry.is_retryable(status, message)
+            if status in returned_statuses and not retryable:
                 return outcome
             attempt += 1
-            if not self.retry.is_retryable(status, message):
+            if not retryable:
                 raise final_error(status, message, url, context=context) from None
             self.pool.failed(url)
             wait, elapsed = self.pool.wait_s(), time.monotonic() - started
