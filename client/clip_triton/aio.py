@@ -18,8 +18,8 @@ import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
 from .connection import ConnectionOptions, Urls, as_path, as_urls
-from .core import Call, ClientCore, EncodeOptions, ModelInfo, Sleep, Steps, T, check_images_argument, finalize, \
-    load_chunk, plan_chunks
+from .core import (Call, ClientCore, EncodeOptions, ModelInfo, Sleep, Steps, T, check_images_argument,
+                   check_on_error, finalize, load_chunk, plan_chunks)
 from .errors import ClipError, ServerUnavailableError
 from .inputs import ImageInput
 from .progress import advance, progress_bar
@@ -133,31 +133,31 @@ class AsyncClipClient:
                      concurrency: int | None = None, show_progress: bool = False, timeout: float | None = None,
                      on_error: str = "raise", preprocess: str | None = None) -> np.ndarray:
         """See ClipClient.encode."""
+        check_on_error(on_error)
         result = await self.encode_result(images, normalize=normalize, batch_size=batch_size,
                                           concurrency=concurrency, show_progress=show_progress, timeout=timeout,
-                                          preprocess=preprocess, _on_error=on_error)
+                                          preprocess=preprocess)
         return finalize(result, on_error)
 
     async def encode_result(self, images: Iterable[ImageInput], *, normalize: bool = False,
                             batch_size: int | None = None, concurrency: int | None = None,
                             show_progress: bool = False, timeout: float | None = None,
-                            preprocess: str | None = None, _on_error: str = "raise") -> EncodeResult:
+                            preprocess: str | None = None) -> EncodeResult:
         """See ClipClient.encode_result."""
         parts = [part async for part in self.iter_encode(
             images, normalize=normalize, batch_size=batch_size, concurrency=concurrency,
-            show_progress=show_progress, timeout=timeout, preprocess=preprocess, _on_error=_on_error)]
+            show_progress=show_progress, timeout=timeout, preprocess=preprocess)]
         return EncodeResult.concatenate(parts, self.core.info.embedding_dim)
 
     async def iter_encode(self, images: Iterable[ImageInput], *, normalize: bool = False,
                           batch_size: int | None = None, concurrency: int | None = None,
-                          show_progress: bool = False, timeout: float | None = None, preprocess: str | None = None,
-                          _on_error: str = "raise") -> AsyncIterator[EncodeResult]:
+                          show_progress: bool = False, timeout: float | None = None, preprocess: str | None = None) -> AsyncIterator[EncodeResult]:
         """See ClipClient.iter_encode: per-request results in input order, `concurrency` requests in flight."""
         images = check_images_argument(images)
         info = await self.model_info()
         options = self.core.options_for(info, normalize=normalize, batch_size=batch_size, concurrency=concurrency,
                                         show_progress=show_progress, timeout=timeout,
-                                        preprocess=preprocess or self.preprocess, on_error=_on_error)
+                                        preprocess=preprocess or self.preprocess)
         total = len(images) if hasattr(images, "__len__") else None
         slots = asyncio.Semaphore(options.concurrency)
         window: collections.deque[asyncio.Task] = collections.deque()
@@ -188,7 +188,7 @@ class AsyncClipClient:
         info = await self.model_info()
         pixels = self.core.check_pixels(pixels)
         options = self.core.options_for(info, normalize=normalize, batch_size=batch_size, concurrency=concurrency,
-                                        show_progress=False, timeout=timeout, preprocess="client", on_error="raise")
+                                        show_progress=False, timeout=timeout, preprocess="client")
         slots = asyncio.Semaphore(options.concurrency)
 
         async def one(start: int) -> np.ndarray:

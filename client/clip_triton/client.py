@@ -10,7 +10,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping
 
 import grpc
 import numpy as np
@@ -19,8 +19,8 @@ from tritonclient.utils import InferenceServerException
 
 from . import contract
 from .connection import ConnectionOptions, Urls, as_path, as_urls
-from .core import Call, ClientCore, EncodeOptions, ModelInfo, Sleep, Steps, T, check_images_argument, finalize, \
-    load_chunk, plan_chunks
+from .core import (Call, ClientCore, EncodeOptions, ModelInfo, Sleep, Steps, T, check_images_argument,
+                   check_on_error, finalize, load_chunk, plan_chunks)
 from .errors import ClipError, ServerUnavailableError
 from .inputs import ImageInput
 from .progress import advance, progress_bar
@@ -148,24 +148,22 @@ class ClipClient:
         input, with the good features on `error.result`; on_error="skip" returns only the good rows
         (use `encode_result` to know which inputs they belong to). `timeout` bounds each request.
         """
+        check_on_error(on_error)
         result = self.encode_result(images, normalize=normalize, batch_size=batch_size, concurrency=concurrency,
-                                    show_progress=show_progress, timeout=timeout, preprocess=preprocess,
-                                    _on_error=on_error)
+                                    show_progress=show_progress, timeout=timeout, preprocess=preprocess)
         return finalize(result, on_error)
 
     def encode_result(self, images: Iterable[ImageInput], *, normalize: bool = False,
                       batch_size: int | None = None, concurrency: int | None = None, show_progress: bool = False,
-                      timeout: float | None = None, preprocess: str | None = None,
-                      _on_error: str = "raise") -> EncodeResult:
+                      timeout: float | None = None, preprocess: str | None = None) -> EncodeResult:
         """Like `encode`, but never raises for bad images: features, their input indices, and the failures."""
         parts = list(self.iter_encode(images, normalize=normalize, batch_size=batch_size, concurrency=concurrency,
-                                      show_progress=show_progress, timeout=timeout, preprocess=preprocess,
-                                      _on_error=_on_error))
+                                      show_progress=show_progress, timeout=timeout, preprocess=preprocess))
         return EncodeResult.concatenate(parts, self.embedding_dim)
 
     def iter_encode(self, images: Iterable[ImageInput], *, normalize: bool = False, batch_size: int | None = None,
                     concurrency: int | None = None, show_progress: bool = False, timeout: float | None = None,
-                    preprocess: str | None = None, _on_error: str = "raise") -> Iterator[EncodeResult]:
+                    preprocess: str | None = None) -> Iterator[EncodeResult]:
         """Stream results one request's worth at a time, in input order, while later requests are in flight.
 
         Inputs are drawn from `images` lazily (at most about 2 x concurrency requests ahead), so an
@@ -175,7 +173,7 @@ class ClipClient:
         info = self.model_info()
         options = self.core.options_for(info, normalize=normalize, batch_size=batch_size, concurrency=concurrency,
                                         show_progress=show_progress, timeout=timeout,
-                                        preprocess=preprocess or self.preprocess, on_error=_on_error)
+                                        preprocess=preprocess or self.preprocess)
         total = len(images) if hasattr(images, "__len__") else None
         stop = threading.Event()
         window: collections.deque[Future] = collections.deque()
@@ -203,7 +201,7 @@ class ClipClient:
         info = self.model_info()
         pixels = self.core.check_pixels(pixels)
         options = self.core.options_for(info, normalize=normalize, batch_size=batch_size, concurrency=concurrency,
-                                        show_progress=False, timeout=timeout, preprocess="client", on_error="raise")
+                                        show_progress=False, timeout=timeout, preprocess="client")
         starts = range(0, len(pixels), options.batch_size)
         with ThreadPoolExecutor(options.concurrency, thread_name_prefix="clip-pixels") as pool:
             parts = list(pool.map(lambda s: self._run(self.core.encode_pixels_chunk(

@@ -96,7 +96,12 @@ class EncodeOptions:
     show_progress: bool
     timeout: float | None
     preprocess: str
-    on_error: str
+
+
+def check_on_error(on_error: str) -> str:
+    if on_error not in ON_ERROR:
+        raise InvalidInputError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    return on_error
 
 
 def check_images_argument(images: Any) -> Iterable:
@@ -239,15 +244,13 @@ class ClientCore:
         return self.info
 
     def options_for(self, info: ModelInfo, *, normalize: bool, batch_size: int | None, concurrency: int | None,
-                    show_progress: bool, timeout: float | None, preprocess: str, on_error: str) -> EncodeOptions:
+                    show_progress: bool, timeout: float | None, preprocess: str) -> EncodeOptions:
         """Validate encode's keyword arguments against the server's limits."""
         limit = info.visual_max_batch_size if preprocess == "client" else info.max_batch_size
         batch_size = limit if batch_size is None else batch_size
         concurrency = DEFAULT_CONCURRENCY if concurrency is None else concurrency
         if preprocess not in PREPROCESS:
             raise InvalidInputError(f"preprocess must be one of {PREPROCESS}, got {preprocess!r}")
-        if on_error not in ON_ERROR:
-            raise InvalidInputError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         if not isinstance(batch_size, int) or not 1 <= batch_size <= limit:
             raise InvalidInputError(f"batch_size must be an integer from 1 to the server's max_batch_size "
                                     f"{limit}, got {batch_size!r}")
@@ -255,8 +258,7 @@ class ClientCore:
             raise InvalidInputError(f"concurrency must be a positive integer, got {concurrency!r}")
         if timeout is not None and timeout <= 0:
             raise InvalidInputError(f"timeout must be positive seconds or None, got {timeout!r}")
-        return EncodeOptions(bool(normalize), batch_size, concurrency, bool(show_progress), timeout, preprocess,
-                             on_error)
+        return EncodeOptions(bool(normalize), batch_size, concurrency, bool(show_progress), timeout, preprocess)
 
     # -- images -----------------------------------------------------------------------------------
     def encode_loaded(self, loaded: LoadedChunk, options: EncodeOptions) -> Steps[EncodeResult]:
