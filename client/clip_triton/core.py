@@ -220,7 +220,8 @@ class ClientCore:
             wait, elapsed = self.pool.wait_s(), time.monotonic() - started
             if elapsed + wait > self.retry.deadline_s:
                 raise final_error(status, message, url, attempts=attempt, waited_s=elapsed, context=context) from None
-            log.info("%s: %s from %s (attempt %d); retrying in %.2f s", context, status, url, attempt, wait)
+            log.info("%s: %s from %s (attempt %d: %s); retrying in %.2f s", context, status, url, attempt,
+                     message[:200], wait)
             if wait > 0:
                 yield Sleep(wait)
 
