@@ -100,7 +100,8 @@ def _server_options(args: argparse.Namespace):
     if not admin_key and not is_loopback(args.host):
         admin_key = secrets.token_urlsafe(24)
         print(f"--host {args.host} is reachable from other machines: admin protocols are restricted; "
-              f"admin key (send as header clip-triton-admin-key): {admin_key}", flush=True)
+              f"admin key: {admin_key} (HTTP header clip-triton-admin-key; "
+              f"gRPC header triton-grpc-protocol-clip-triton-admin-key)", flush=True)
     return ServerOptions(repository=args.repository.resolve(), host=args.host, grpc_port=args.grpc_port,
                          http_port=args.http_port, metrics_port=args.metrics_port, admin_key=admin_key,
                          tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca)
