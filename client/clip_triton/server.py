@@ -143,6 +143,15 @@ def _environment(home: Path) -> dict[str, str]:
     return env
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it if its parent dies, so no tritonserver is ever orphaned
+    (its own process group protects it from the parent's Ctrl-C, not from the parent's death)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class TritonServer:
     """A tritonserver process: start, wait until ready, stop (SIGTERM, then SIGKILL) by PID."""
 
@@ -172,7 +181,7 @@ class TritonServer:
         with open(self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(
                 command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=_environment(home), start_new_session=True,
+                env=_environment(home), start_new_session=True, preexec_fn=_die_with_parent,
             )
         return self
 
