@@ -1,0 +1,103 @@
+"""Load tests against a real server: locust's reports show the traffic, failures carry the server's
+message, and the SLO check fails when the objective is broken."""
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import GOLDEN, IMAGES, ROOT
+from load_tests import slo
+
+LOCUSTFILE = ROOT / "load_tests" / "locustfile.py"
+
+
+def run_locust(url: str, prefix: Path, *extra: str, users: int = 2, run_time: str = "4s") -> int:
+    """The issue's command line, short: headless, bounded, CSV out. Returns locust's exit code."""
+    command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--users", str(users),
+               "--spawn-rate", str(users), "--run-time", run_time, "--host", url, "--csv", str(prefix), *extra]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, timeout=120).returncode
+
+
+def aggregated_row(prefix: Path) -> dict[str, str]:
+    with open(f"{prefix}_stats.csv", newline="") as handle:
+        return next(row for row in csv.DictReader(handle) if row["Name"] == "Aggregated")
+
+
+@pytest.mark.server
+def test_locust_run_reports_requests_without_failures(vit_server, tmp_path: Path) -> None:
+    prefix = tmp_path / "run"
+    assert run_locust(vit_server.grpc_url, prefix, "--images-per-request", "2") == 0
+    row = aggregated_row(prefix)
+    assert int(row["Request Count"]) > 0
+    assert int(row["Failure Count"]) == 0
+    assert float(row["Average Content Size"]) > 0  # the encoded image bytes sent
+    with open(f"{prefix}_stats.csv", newline="") as handle:
+        names = [r["Name"] for r in csv.DictReader(handle)]
+    assert any("[2 image(s)]" in name for name in names), names
+    assert slo.main([str(prefix), "--p99-ms", "600000"]) == 0
+    assert slo.main([str(prefix), "--p99-ms", "0"]) == 1  # a broken p99 bound fails the check
+
+
+@pytest.mark.server
+def test_failures_carry_the_servers_message(vit_server, tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "good.jpg").write_bytes((IMAGES / "rocket.jpg").read_bytes())
+    (images / "broken.jpg").write_bytes(b"this is not an image")
+    prefix = tmp_path / "run"
+    assert run_locust(vit_server.grpc_url, prefix, "--images", str(images), run_time="3s") == 1  # locust: failures
+    row = aggregated_row(prefix)
+    assert 0 < int(row["Failure Count"]) < int(row["Request Count"])
+    with open(f"{prefix}_failures.csv", newline="") as handle:
+        errors = [r["Error"] for r in csv.DictReader(handle)]
+    assert any("INVALID_ARGUMENT" in e and "not a recognised image format" in e for e in errors), errors
+    assert slo.main([str(prefix), "--p99-ms", "600000"]) == 1
+
+
+@pytest.mark.server
+def test_make_loadtest_serves_runs_and_enforces_the_slo(tmp_path: Path) -> None:
+    """The `make loadtest` driver on its own server: reports written, a p99 bound of 0 ms breaks the SLO."""
+    out = tmp_path / "loadtest"
+    completed = subprocess.run(
+        [sys.executable, "-m", "load_tests.run", "--checkpoint", str(GOLDEN / "tiny-vit-b32.pt"), "--out", str(out),
+         "--users", "2", "--run-time", "3s", "--p99-ms", "0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 1, completed.stdout + completed.stderr
+    assert "SLO BROKEN: p99 latency" in completed.stderr
+    row = aggregated_row(out / "locust")
+    assert int(row["Request Count"]) > 0 and int(row["Failure Count"]) == 0
+    assert (out / "locust.html").stat().st_size > 0
+    assert slo.main([str(out / "locust"), "--p99-ms", "600000"]) == 0
+
+
+def test_make_loadtest_refuses_remote_targets(tmp_path: Path) -> None:
+    completed = subprocess.run([sys.executable, "-m", "load_tests.run", "--url", "10.0.0.1:8001", "--out",
+                                str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert completed.returncode != 0
+    assert "only sends traffic to 127.0.0.1" in completed.stderr
+    assert not list(tmp_path.glob("locust*"))
+
+
+def test_slo_reads_the_csv_and_judges_it(tmp_path: Path) -> None:
+    header = ["Type", "Name", "Request Count", "Failure Count", "99%"]
+    rows = [["grpc", "clip_image_encoder [1 image(s)]", "10", "1", "250"], ["", "Aggregated", "10", "1", "250"]]
+    with open(tmp_path / "run_stats.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([header, *rows])
+    summary = slo.read_summary(tmp_path / "run")
+    assert (summary.requests, summary.failures, summary.p99_ms) == (10, 1, 250.0)
+    assert slo.violations(summary, max_failures=1, p99_ms=250) == []
+    assert len(slo.violations(summary, max_failures=0, p99_ms=100)) == 2
+    assert slo.violations(slo.LoadSummary(0, 0, 0.0, tmp_path), 0, 1000) == ["no requests were made"]
+
+
+def test_histogram_percentile_is_the_smallest_time_covering_the_fraction() -> None:
+    times = {10: 98, 20: 1, 500: 1}
+    assert slo.histogram_percentile(times, 0.98) == 10
+    assert slo.histogram_percentile(times, 0.99) == 20
+    assert slo.histogram_percentile(times, 1.0) == 500
+    assert slo.histogram_percentile({}, 0.99) == 0.0
