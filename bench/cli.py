@@ -192,8 +192,14 @@ def main(argv: list[str] | None = None) -> int:
                         "random_weights": loaded.random_weights,
                         "onnx_mb": round(artifact.stat().st_size / 1e6, 1) if artifact.is_file() else None}
     results["workloads"] = {name: w.summary() for name, w in workloads.items()}
+    account = machine.cpu_account()
     results["in_process"] = run_in_process(args, loaded, workloads, artifact, pixels)
+    middle = machine.cpu_account()
     results["server"] = run_server(args, repository, workloads, loaded, pixels)
+    end = machine.cpu_account()
+    results["cpu_use"] = {"in_process": machine.cpu_share(account, middle), "server": machine.cpu_share(middle, end)}
+    say(f"CPUs used by other processes: {results['cpu_use']['in_process']['other_cpus']} during the in-process "
+        f"part, {results['cpu_use']['server']['other_cpus']} during the server part")
     results["load_average_end"] = machine.load_average()
     results["total_seconds"] = round(time.monotonic() - started, 1)
     results["headline"] = report.headline(results)

@@ -60,3 +60,30 @@ def describe() -> dict:
         "python": platform.python_version(),
         "packages": versions,
     }
+
+
+def cpu_account() -> dict[str, float]:
+    """CPU seconds so far: busy on the whole machine, stolen by the hypervisor, and used by this process
+    and its reaped children (the server counts once it has been stopped), with a wall-clock stamp."""
+    import time
+
+    ticks = os.sysconf("SC_CLK_TCK")
+    busy = steal = 0.0
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        user, nice, system, _idle, _iowait, irq, softirq, stolen = (fields + [0] * 8)[:8]
+        busy, steal = (user + nice + system + irq + softirq) / ticks, stolen / ticks
+    except (OSError, ValueError, IndexError):
+        pass
+    own = os.times()
+    return {"wall": time.monotonic(), "busy": busy, "steal": steal,
+            "own": own.user + own.system + own.children_user + own.children_system}
+
+
+def cpu_share(start: dict[str, float], end: dict[str, float]) -> dict[str, float]:
+    """Average CPUs in use between two accounts: by the benchmark, by everything else, and stolen."""
+    wall = max(end["wall"] - start["wall"], 1e-9)
+    own = end["own"] - start["own"]
+    return {"seconds": round(wall, 1), "benchmark_cpus": round(own / wall, 2),
+            "other_cpus": round(max(0.0, (end["busy"] - start["busy"]) - own) / wall, 2),
+            "stolen_cpus": round((end["steal"] - start["steal"]) / wall, 2)}

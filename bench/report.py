@@ -69,7 +69,10 @@ def _machine_section(results: dict) -> list[str]:
         f"- Notable CPU flags (/proc/cpuinfo): {', '.join(m['notable_flags']) or 'none found'} "
         f"(all {len(m['all_flags'])} flags in results.json)",
         f"- Load average (1/5/15 min) at start: {results['load_average_start']}, at end: {results['load_average_end']}"
-        " — other work on the machine shares its cores and lowers every figure alike",
+        " (includes this benchmark's own work)",
+        *[f"- CPU use during the {part.replace('_', '-')} part ({use['seconds']:.0f} s): this benchmark "
+          f"{use['benchmark_cpus']:.2f} CPUs, other processes {use['other_cpus']:.2f}, stolen by the hypervisor "
+          f"{use['stolen_cpus']:.2f} (from /proc/stat)" for part, use in results.get("cpu_use", {}).items()],
         f"- Triton {results['server'].get('triton_version', '?')} (nvidia-pytriton wheel, no Docker); "
         f"Python {m['python']}; {packages}",
         "",
@@ -217,6 +220,12 @@ def render(results: dict) -> str:
     title = "# clip-triton benchmark" + (f": {results['label']}" if results.get("label") else "")
     lines = [title, "", f"{results['machine']['date_utc']} · {results['machine']['cpu_model']}, "
              f"{results['machine']['usable_cpus']} CPUs · load average at start {results['load_average_start'][0]}", ""]
+    others = max((use["other_cpus"] for use in results.get("cpu_use", {}).values()), default=0.0)
+    if others > 0.1 * results["machine"]["usable_cpus"]:
+        lines += [f"> **The machine was busy**: other processes used on average up to {others:.2f} of its "
+                  f"{results['machine']['usable_cpus']} CPUs during this run (see Machine). Every figure below lost "
+                  "CPU time to them, unevenly, so absolute figures are low and ratios are noisy. Re-run `make bench` "
+                  "on a quiet machine for reference figures.", ""]
     for section in (_headline_section(results, figures), _machine_section(results), _method_section(results),
                     _server_section(results), _breakdown_section(results), _in_process_section(results),
                     _configuration_section(results)):

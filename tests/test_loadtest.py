@@ -3,12 +3,15 @@ message, and the SLO check fails when the objective is broken."""
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from clip_triton import contract
+from clip_triton.server import free_port
 from conftest import GOLDEN, IMAGES, ROOT
 from load_tests import slo
 
@@ -101,3 +104,31 @@ def test_histogram_percentile_is_the_smallest_time_covering_the_fraction() -> No
     assert slo.histogram_percentile(times, 0.99) == 20
     assert slo.histogram_percentile(times, 1.0) == 500
     assert slo.histogram_percentile({}, 0.99) == 0.0
+
+
+@pytest.mark.server
+def test_distributed_master_and_worker_share_the_locustfile(vit_server, tmp_path: Path) -> None:
+    """The README's distributed command: options given to the master reach the worker."""
+    port = free_port()
+    prefix = tmp_path / "dist"
+    base = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE)]
+    worker = subprocess.Popen([*base, "--worker", "--master-host", "127.0.0.1", "--master-port", str(port)],
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        master = subprocess.run(
+            [*base, "--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port), "--headless",
+             "--expect-workers", "1", "--expect-workers-max-wait", "60", "--users", "2", "--spawn-rate", "2",
+             "--run-time", "3s", "--host", vit_server.grpc_url, "--csv", str(prefix), "--json-file", str(prefix),
+             "--images-per-request", "3"],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )
+        assert master.returncode == 0, master.stderr[-2000:]
+        worker.wait(30)  # the master tells its worker to quit at the end
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    summary = slo.read_summary(prefix)
+    assert summary.requests > 0 and summary.failures == 0
+    entries = json.loads(Path(f"{prefix}.json").read_text())
+    assert [e["name"] for e in entries] == [f"{contract.ENSEMBLE_MODEL} [3 image(s)]"]
