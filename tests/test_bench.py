@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bench import report, triton_stats
+from bench import compare, report, triton_stats
 from bench.workloads import PHONE_SIZE, phone_photo
 from conftest import GOLDEN, IMAGES, ROOT
 
@@ -58,6 +58,9 @@ def test_bench_smoke_run_writes_a_complete_report(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "bench.report", str(report_dir / "results.json")], cwd=ROOT, check=True,
                    capture_output=True, timeout=120)
     assert (report_dir / "report.md").read_text() == text
+
+    table = compare.comparison({"base": results, "variant": results})
+    assert "| small: server images/s |" in table and "| phone: errors | 0 | 0 |" in table
 
 
 def test_statistics_window_gives_per_request_averages_and_batch_size() -> None:
