@@ -61,6 +61,18 @@ class RequestFailed(Exception):
     tritonclient's exception keeps its message out of its repr."""
 
 
+class _ClosesOnce(grpcclient.InferenceServerClient):
+    """tritonclient closes its channel again in `__del__`; under gevent, that second close, run at
+    interpreter exit, can hang the locust process. Closing exactly once (in on_stop) avoids it."""
+
+    _closed = False
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            super().close()
+
+
 def read_images(folder: Path) -> list[tuple[str, bytes]]:
     """(name, encoded bytes) of every image file in `folder`, sorted; read once, sent many times."""
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -79,10 +91,6 @@ def parse_target(host: str | None, tls: bool) -> tuple[str, bool]:
     return host.rstrip("/"), tls
 
 
-def _read_optional(path: str) -> bytes | None:
-    return Path(path).read_bytes() if path else None
-
-
 class ClipGrpcUser(User):
     """One closed-loop client of the ensemble: encoded images in, embeddings out."""
 
@@ -95,10 +103,9 @@ class ClipGrpcUser(User):
         self.timeout = float(options.request_timeout)
         self.images = read_images(Path(options.images))
         url, tls = parse_target(self.host, options.grpc_tls)
-        self.client = grpcclient.InferenceServerClient(
-            url, ssl=tls, root_certificates=_read_optional(options.grpc_tls_ca),
-            private_key=_read_optional(options.grpc_tls_key),
-            certificate_chain=_read_optional(options.grpc_tls_cert),
+        self.client = _ClosesOnce(  # tritonclient reads the PEM files itself
+            url, ssl=tls, root_certificates=options.grpc_tls_ca or None,
+            private_key=options.grpc_tls_key or None, certificate_chain=options.grpc_tls_cert or None,
         )
         # Users start at different images, so concurrent requests carry different payloads.
         self.position = next(_user_numbers) % len(self.images)

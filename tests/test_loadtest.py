@@ -12,7 +12,7 @@ import pytest
 
 from clip_triton import contract
 from clip_triton.server import free_port
-from conftest import GOLDEN, IMAGES, ROOT
+from conftest import GOLDEN, IMAGES, ROOT, running_server
 from load_tests import slo
 
 LOCUSTFILE = ROOT / "load_tests" / "locustfile.py"
@@ -132,3 +132,47 @@ def test_distributed_master_and_worker_share_the_locustfile(vit_server, tmp_path
     assert summary.requests > 0 and summary.failures == 0
     entries = json.loads(Path(f"{prefix}.json").read_text())
     assert [e["name"] for e in entries] == [f"{contract.ENSEMBLE_MODEL} [3 image(s)]"]
+
+
+def self_signed_certificate(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
+    """A throwaway certificate for `host` (as an IP SAN) and its key, PEM."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "server.crt", directory / "server.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+@pytest.mark.server
+def test_locust_speaks_tls_to_a_tls_server(vit_repository, tmp_path: Path) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    tls = ["--grpc-use-ssl=true", f"--grpc-server-cert={cert}", f"--grpc-server-key={key}"]
+    with running_server(vit_repository, extra_args=tls) as server:
+        assert run_locust(f"grpcs://{server.grpc_url}", tmp_path / "tls", "--grpc-tls-ca", str(cert),
+                          run_time="3s") == 0
+        row = aggregated_row(tmp_path / "tls")
+        assert int(row["Request Count"]) > 0 and int(row["Failure Count"]) == 0
+        # The same server in plaintext, or over TLS without trusting its certificate: every request fails.
+        for name, extra in (("plain", ()), ("untrusted", ("--grpc-tls",))):
+            assert run_locust(server.grpc_url, tmp_path / name, *extra, run_time="2s") == 1
+            row = aggregated_row(tmp_path / name)
+            assert int(row["Failure Count"]) == int(row["Request Count"]) > 0
