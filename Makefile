@@ -9,7 +9,7 @@ DEMO_IMAGES ?= $(if $(wildcard $(SHARED)/images),$(SHARED)/images,examples/image
 CHECKPOINT ?=
 PYTEST_ARGS ?=
 
-.PHONY: install demo test repository clean
+.PHONY: install demo test repository loadtest bench clean
 
 install: $(VENV)/.installed
 
@@ -30,5 +30,30 @@ test: install
 repository: install
 	$(BIN)/clip-triton export --random-init ViT-B/32 --target gpu --configs-only --repository model_repository
 
+# Load test: a bounded headless locust run against 127.0.0.1 (a server started on a demo repository,
+# or LOAD_URL / LOAD_REPOSITORY / CHECKPOINT), CSV + HTML in out/loadtest/, then the SLO check.
+LOAD_URL ?=
+LOAD_REPOSITORY ?=
+LOAD_USERS ?= 4
+LOAD_RUN_TIME ?= 20s
+LOAD_P99_MS ?= 2000
+LOAD_MAX_FAILURES ?= 0
+LOAD_ARGS ?=
+
+loadtest: install
+	$(BIN)/python -m load_tests.run --users $(LOAD_USERS) --run-time $(LOAD_RUN_TIME) \
+		--p99-ms $(LOAD_P99_MS) --max-failures $(LOAD_MAX_FAILURES) --images $(DEMO_IMAGES) \
+		$(if $(LOAD_URL),--url $(LOAD_URL)) $(if $(LOAD_REPOSITORY),--repository $(LOAD_REPOSITORY)) \
+		$(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(LOAD_ARGS)
+
+# Benchmark report (bench/report/: report.md, PNG plots, results.json); about 10 minutes on 2 cores.
+BENCH_SECONDS ?= 10
+BENCH_REPORT ?= bench/report
+BENCH_ARGS ?=
+
+bench: install
+	$(BIN)/python -m bench --seconds $(BENCH_SECONDS) --report-dir $(BENCH_REPORT) --images $(DEMO_IMAGES) \
+		$(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(BENCH_ARGS)
+
 clean:
-	rm -rf $(VENV) demo_repository .pytest_cache
+	rm -rf $(VENV) demo_repository .pytest_cache out bench_out

@@ -1,0 +1,102 @@
+"""The benchmark's code path, end to end on the tiny golden checkpoint with tiny durations.
+
+A smoke run, not a measurement: nothing here asserts a speed.
+"""
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bench import compare, report, triton_stats
+from bench.workloads import PHONE_SIZE, phone_photo
+from conftest import GOLDEN, IMAGES, ROOT
+
+
+@pytest.mark.server
+def test_bench_smoke_run_writes_a_complete_report(tmp_path: Path) -> None:
+    report_dir = tmp_path / "report"
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench", "--checkpoint", str(GOLDEN / "tiny-vit-b32.pt"), "--seconds", "0.3",
+         "--warmup", "0", "--concurrency", "1,3", "--batch-sizes", "1,2", "--seed-batch-sizes", "1,2",
+         "--max-images", "2", "--work-dir", str(tmp_path / "work"), "--report-dir", str(report_dir),
+         "--label", "smoke"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    results = json.loads((report_dir / "results.json").read_text())
+
+    assert results["server"]["check"]["min_cosine"] >= 0.99999  # the server measured is a correct one
+    assert set(results["server"]["sweeps"]) == {"small", "phone"}
+    for name, sweep in results["server"]["sweeps"].items():
+        assert [level["concurrency"] for level in sweep] == [1, 3]
+        for level in sweep:
+            assert level["requests"] > 0 and level["errors"] == 0, (name, level)
+            assert level["images_per_s"] > 0
+            for stage in ("clip_preprocess", "clip_visual"):
+                stats = level["server_stats"][stage]
+                assert stats["executions"] > 0 and stats["avg_batch_size"] >= 1.0, (name, stage, stats)
+        assert set(results["in_process"]["seed"][name]) == {"1", "2"}
+    assert results["workloads"]["phone"]["images"][0]["width"] == PHONE_SIZE[0]
+    assert set(results["in_process"]["ceiling"]["by_batch"]) == {"1", "2"}
+    assert results["headline"]["small"]["server_over_seed_batch1"] > 0
+
+    text = (report_dir / "report.md").read_text()
+    for heading in ("## Headline", "## Machine", "## Server end to end", "## Triton's breakdown", "## In process"):
+        assert heading in text
+    assert results["machine"]["cpu_model"] in text
+    for plot in ("throughput.png", "latency.png"):
+        assert (report_dir / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # The report can be re-rendered from the JSON alone, identically.
+    (report_dir / "report.md").unlink()
+    subprocess.run([sys.executable, "-m", "bench.report", str(report_dir / "results.json")], cwd=ROOT, check=True,
+                   capture_output=True, timeout=120)
+    assert (report_dir / "report.md").read_text() == text
+
+    table = compare.comparison({"base": results, "variant": results})
+    assert "| small: server images/s |" in table and "| phone: errors | 0 | 0 |" in table
+
+
+def test_statistics_window_gives_per_request_averages_and_batch_size() -> None:
+    def statistics(inferences: int, executions: int, requests: int, queue_ns: int, infer_ns: int) -> dict:
+        timed = {"count": str(requests)}
+        return {"model_stats": [{
+            "name": "clip_visual", "inference_count": str(inferences), "execution_count": str(executions),
+            "inference_stats": {"success": {**timed, "ns": str(queue_ns + infer_ns)}, "queue": {**timed, "ns": str(queue_ns)},
+                                "compute_infer": {**timed, "ns": str(infer_ns)}, "fail": {}},
+        }]}
+
+    before = triton_stats.snapshot(statistics(10, 10, 10, 1_000_000, 5_000_000))
+    after = triton_stats.snapshot(statistics(50, 20, 50, 9_000_000, 85_000_000))
+    window = triton_stats.window(before, after)["clip_visual"]
+    assert window["requests"] == 40 and window["executions"] == 10
+    assert window["avg_batch_size"] == 4.0
+    assert window["queue_ms"] == pytest.approx(0.2)  # 8 ms of queueing over 40 requests
+    assert window["compute_infer_ms"] == pytest.approx(2.0)
+    assert window["compute_input_ms"] == 0.0
+
+
+def test_phone_photo_is_a_12_megapixel_jpeg() -> None:
+    data = phone_photo(IMAGES / "chelsea.png")
+    with Image.open(io.BytesIO(data)) as image:
+        assert (image.format, image.size, image.mode) == ("JPEG", PHONE_SIZE, "RGB")
+
+
+def test_headline_ratios_compare_server_with_in_process() -> None:
+    level = {"concurrency": 1, "images_per_s": 30.0, "errors": 0, "latency_ms": {"p50": 40.0}}
+    results = {
+        "in_process": {"seed": {"small": {"1": {"images_per_s": 15.0}, "16": {"images_per_s": 20.0}}},
+                       "ceiling": {"best_images_per_s": 32.0, "best_batch_size": 8, "batch1_latency_ms": {"p50": 35.0}}},
+        "server": {"sweeps": {"small": [level, {**level, "concurrency": 8, "images_per_s": 24.0}]}},
+    }
+    figures = report.headline(results)["small"]
+    assert figures["server_images_per_s"] == 30.0 and figures["server_best_concurrency"] == 1
+    assert figures["server_over_seed_batch16"] == 1.5
+    assert figures["server_over_seed_batch1"] == 2.0
+    assert figures["p50_at_concurrency_1_over_model_alone_batch1"] == pytest.approx(40 / 35, abs=1e-3)
