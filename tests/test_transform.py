@@ -15,7 +15,7 @@ from clip_triton.transform import (
     resize_and_crop,
     resized_size,
 )
-from conftest import GOLDEN, IMAGE_NAMES, image_bytes
+from conftest import GOLDEN, IMAGE_NAMES, IMAGES, image_bytes
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **save) -> bytes:
@@ -137,3 +137,31 @@ def test_pixel_limit_is_checked_before_decoding() -> None:
 def test_extreme_aspect_ratio_is_refused_before_a_huge_resize() -> None:
     with pytest.raises(ImageRejected, match="aspect ratio too extreme"):
         resize_and_crop(noise_image("L", (60000, 1)), 224)
+
+
+def phone_photo(name: str) -> bytes:
+    """A 12-megapixel JPEG like a phone's, made by upscaling a shared photo to 4032x3024."""
+    image = Image.open(IMAGES / name).convert("RGB").resize((4032, 3024), Image.BICUBIC)
+    return encode(image, "JPEG", quality=92)
+
+
+@pytest.mark.parametrize("name", ["rocket.jpg", "chelsea.png"])
+def test_fast_jpeg_decode_stays_close_to_the_exact_path(name: str) -> None:
+    import torch
+
+    from clip_triton_export.checkpoint import load_checkpoint
+
+    data = phone_photo(name)
+    exact, fast = preprocess(data, 224), preprocess(data, 224, fast_jpeg=True)
+    assert not np.array_equal(exact, fast)  # the fast path really took another route
+    model = load_checkpoint(GOLDEN / "tiny-vit-b32.pt").model
+    with torch.no_grad():
+        a, b = model(torch.from_numpy(np.stack([exact, fast]))).numpy()
+    assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) >= 0.999
+
+
+def test_fast_jpeg_decode_leaves_small_and_non_jpeg_images_exact() -> None:
+    for name in IMAGE_NAMES:  # all at most 1000 px: no 1/2 reduction keeps 448 px
+        np.testing.assert_array_equal(preprocess(image_bytes(name), 224, fast_jpeg=True), preprocess(image_bytes(name), 224))
+    png = encode(Image.open(IMAGES / "chelsea.png").resize((4032, 3024)))
+    np.testing.assert_array_equal(preprocess(png, 224, fast_jpeg=True), preprocess(png, 224))

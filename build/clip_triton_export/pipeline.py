@@ -3,9 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from .architectures import named_architecture
 from .checkpoint import LoadedVisual, load_checkpoint, random_visual
 from .export import export_visual
+from .quantize import PRECISIONS, quantize_int8
 from .repository import RepositoryOptions, artifact_path, render_repository, write_repository
 
 
@@ -17,18 +20,44 @@ def load_source(checkpoint: Path | None, random_init: str | None, seed: int = 0)
     return random_visual(named_architecture(random_init), random_init, seed)
 
 
+SAMPLE_IMAGES = Path(__file__).resolve().parents[2] / "examples" / "images"
+
+
 def export_repository(repository: Path, checkpoint: Path | None = None, random_init: str | None = None,
-                      seed: int = 0, configs_only: bool = False, **options) -> str:
+                      seed: int = 0, configs_only: bool = False, precision: str = "fp32",
+                      calibration_images: Path | None = None, **options) -> str:
     """Write the repository; returns a one-paragraph summary for people."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    if precision == "int8" and (options.get("fmt", "onnx") != "onnx" or options.get("target", "cpu") != "cpu"):
+        raise ValueError("--precision int8 is an ONNX Runtime CPU variant: use --format onnx --target cpu")
     loaded = load_source(checkpoint, random_init, seed)
-    repo_options = RepositoryOptions(weights=None if configs_only else loaded.source, **options)
+    weights = None if configs_only else f"{loaded.source}" + (f":{precision}" if precision != "fp32" else "")
+    repo_options = RepositoryOptions(weights=weights, **options)
     files = render_repository(loaded.spec, repo_options)
     write_repository(Path(repository), files)
     lines = [f"wrote {repository}: {len(files)} files ({repo_options.fmt}, target {repo_options.target})",
              f"  architecture: {loaded.spec}"]
     if not configs_only:
         artifact = export_visual(loaded.model, loaded.spec, repo_options.fmt, artifact_path(Path(repository), repo_options))
-        lines.append(f"  model: {artifact} ({artifact.stat().st_size / 1e6:.1f} MB)")
+        if precision == "int8":
+            fp32 = artifact.rename(artifact.with_suffix(".fp32.onnx"))
+            pixels = calibration_pixels(calibration_images or SAMPLE_IMAGES, loaded.spec.image_resolution)
+            quantize_int8(fp32, artifact, loaded.spec, pixels)
+            fp32.unlink()
+        lines.append(f"  model: {artifact} ({precision}, {artifact.stat().st_size / 1e6:.1f} MB)")
     if loaded.random_weights and not configs_only:
         lines.append("  WEIGHTS ARE RANDOM (seeded): features are not meaningful; pass --checkpoint for real ones")
     return "\n".join(lines)
+
+
+def calibration_pixels(folder: Path, resolution: int) -> np.ndarray:
+    """OpenAI-preprocessed pixels of the images in `folder` (and their mirror images), for int8 calibration."""
+    from clip_triton.cli import find_images
+    from clip_triton.transform import preprocess
+
+    pixels = [preprocess(path.read_bytes(), resolution) for path in find_images([folder])]
+    if not pixels:
+        raise ValueError(f"no calibration images found in {folder}")
+    stacked = np.stack(pixels)
+    return np.concatenate([stacked, stacked[..., ::-1]]).astype(np.float32)

@@ -50,6 +50,7 @@ class RepositoryOptions:
     visual_threads: int = 0  # intra-op threads for the CPU target's runtime; 0 = the runtime's default
     max_image_pixels: int = transform.DEFAULT_MAX_IMAGE_PIXELS
     max_image_bytes: int = transform.DEFAULT_MAX_IMAGE_BYTES
+    fast_jpeg_decode: bool = False  # opt-in DCT-domain downscaling of big JPEGs (not bit-exact)
     # Overload: each composing model queues at most this many requests and rejects the rest at once
     # (UNAVAILABLE), so latency stays bounded; 0 = unbounded. Requests may carry their own timeout.
     max_queue_size: int | None = None
@@ -84,6 +85,7 @@ def model_configs(spec: VisualSpec, options: RepositoryOptions) -> dict[str, pb.
     preprocess.instance_group.add(kind=pb.ModelInstanceGroup.KIND_CPU, count=options.preprocess_instances)
     preprocess.parameters["max_image_pixels"].string_value = str(options.max_image_pixels)
     preprocess.parameters["max_image_bytes"].string_value = str(options.max_image_bytes)
+    preprocess.parameters["fast_jpeg_decode"].string_value = str(options.fast_jpeg_decode).lower()
     _queue_policy(preprocess, options)
 
     visual = pb.ModelConfig(name=contract.VISUAL_MODEL, max_batch_size=options.max_batch_size)

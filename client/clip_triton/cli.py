@@ -27,6 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     _add_repository_options(export)
     export.add_argument("--seed", type=int, default=0, help="seed for --random-init")
     export.add_argument("--configs-only", action="store_true", help="write configs and code, not the model file")
+    export.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
+                        help="int8: ONNX Runtime int8 (VNNI) variant for the CPU target, about 2x faster")
+    export.add_argument("--calibration-images", type=Path,
+                        help="folder of typical images for int8 calibration (default: examples/images)")
 
     serve = commands.add_parser("serve", help="run Triton on a model repository in the foreground")
     serve.add_argument("--repository", type=Path, required=True)
@@ -63,6 +67,8 @@ def _add_repository_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", choices=("cpu", "gpu"), default="cpu",
                         help="cpu: runtime inside the Python backend (runs anywhere); gpu: Triton's native backend")
     parser.add_argument("--max-batch-size", type=int, default=contract.MAX_BATCH_SIZE)
+    parser.add_argument("--fast-jpeg-decode", action="store_true",
+                        help="decode big JPEGs at reduced scale (much faster, not bit-exact; cosine >= 0.999)")
 
 
 def _add_server_options(parser: argparse.ArgumentParser) -> None:
@@ -78,7 +84,8 @@ def _export(args: argparse.Namespace) -> int:
     summary = export_repository(
         repository=args.repository, checkpoint=args.checkpoint, random_init=args.random_init,
         seed=args.seed, fmt=args.fmt, target=args.target, max_batch_size=args.max_batch_size,
-        configs_only=args.configs_only,
+        configs_only=args.configs_only, fast_jpeg_decode=args.fast_jpeg_decode,
+        precision=args.precision, calibration_images=args.calibration_images,
     )
     print(summary)
     return 0

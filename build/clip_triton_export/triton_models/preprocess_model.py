@@ -23,6 +23,7 @@ class TritonPythonModel:
         parameters = config.get("parameters", {})
         self.max_pixels = int(parameters.get("max_image_pixels", {}).get("string_value", DEFAULT_MAX_IMAGE_PIXELS))
         self.max_bytes = int(parameters.get("max_image_bytes", {}).get("string_value", DEFAULT_MAX_IMAGE_BYTES))
+        self.fast_jpeg = parameters.get("fast_jpeg_decode", {}).get("string_value", "false") == "true"
         Image.MAX_IMAGE_PIXELS = None  # our own limit (checked before decoding) governs in this process
         # Triton's pending-request gauge does not count executing requests; `clip-triton serve` adds this
         # gauge to know when in-flight work has drained before it stops the server.
@@ -41,7 +42,7 @@ class TritonPythonModel:
             blobs = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy().reshape(-1)
             images.extend(bytes(blob) for blob in blobs)
             counts.append(len(blobs))
-        pixels, errors = preprocess_batch(images, self.size, self.max_pixels, self.max_bytes)
+        pixels, errors = preprocess_batch(images, self.size, self.max_pixels, self.max_bytes, self.fast_jpeg)
 
         responses, first, good = [], 0, 0
         for count in counts:

@@ -1,0 +1,22 @@
+# Triton for CLIP image features: NVIDIA's image plus what the preprocessing model (Python backend) imports.
+# Pinned to 24.10, whose Triton (2.51.0) is the version the test-suite runs locally from the
+# nvidia-pytriton wheel; 24.10 ships Python 3.10 on Ubuntu 22.04, CUDA 12.6 (driver >= 560, or a
+# data-center driver of the branches NVIDIA lists for forward compatibility).
+# Build context: the repository root (see docker-compose.yml).
+ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:24.10-py3
+FROM ${TRITON_IMAGE}
+
+# numpy < 2: the 2.51 Python-backend stub returns empty tensors with numpy 2 (same pin as the `serve` extra).
+# Pillow 12.3.0: the newest release for Python 3.10; it reproduces ../shared/golden/pixels-224.npz exactly
+# (max abs diff 0 on every golden image, same as the Pillow 13 the tests use).
+RUN python3 -m pip install --no-cache-dir "numpy==1.26.4" "pillow==12.3.0"
+
+# The entrypoint builds tritonserver's command line with the same code as `clip-triton serve`.
+COPY client/clip_triton/server.py /opt/clip-triton/clip_triton/server.py
+RUN touch /opt/clip-triton/clip_triton/__init__.py
+COPY deploy/docker/triton/start.py deploy/docker/triton/healthcheck.py /opt/clip-triton/
+ENV PYTHONPATH=/opt/clip-triton
+
+EXPOSE 8000 8001 8002
+HEALTHCHECK --interval=10s --timeout=5s --start-period=180s --retries=3 CMD ["python3", "/opt/clip-triton/healthcheck.py"]
+ENTRYPOINT ["python3", "/opt/clip-triton/start.py"]
