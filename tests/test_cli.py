@@ -120,3 +120,22 @@ def test_demo_says_plainly_that_weights_are_random(tmp_path: Path) -> None:
     assert "cosine similarity" in result.stdout
     for name in IMAGE_NAMES:
         assert re.search(rf"^{re.escape(name)}\s+\(512,\)\s+\d+\.\d+$", result.stdout, re.M), name
+
+
+def test_tritonserver_dies_with_a_killed_serve(vit_repository: Path) -> None:
+    """Even SIGKILL of `serve` (no chance to clean up) leaves no orphaned tritonserver behind."""
+    ports = [free_port() for _ in range(3)]
+    process = subprocess.Popen(
+        CLI + ["serve", "--repository", str(vit_repository), "--grpc-port", str(ports[0]),
+               "--http-port", str(ports[1]), "--metrics-port", str(ports[2])],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_ready(ports[1], process)
+        assert listening_addresses(ports[0])
+    finally:
+        process.kill()
+        process.wait()
+    deadline = time.monotonic() + 60
+    while listening_addresses(ports[0]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not listening_addresses(ports[0]), "tritonserver outlived a SIGKILLed serve"

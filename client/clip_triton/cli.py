@@ -10,9 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-from . import contract
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+from . import contract, encode_command
+from .encode_command import find_images  # noqa: F401  (the demo and older callers import it from here)
+from .errors import ClipError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,10 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--unhealthy-exit-after", type=float, default=30.0, metavar="SECONDS",
                        help="exit non-zero when the server stays not-ready this long (0 = never)")
 
-    encode = commands.add_parser("encode", help="encode image files through the server")
-    encode.add_argument("paths", nargs="+", type=Path, help="image files or folders (searched recursively)")
-    encode.add_argument("--url", default="127.0.0.1:8001", help="gRPC HOST:PORT")
-    encode.add_argument("--output", type=Path, default=Path("features.npz"))
+    encode = commands.add_parser("encode", help="encode image files through the server into a .npz")
+    encode_command.add_arguments(encode)
 
     demo = commands.add_parser("demo", help="export, serve, encode sample images, print a similarity table")
     demo.add_argument("--checkpoint", type=Path, help="a real OpenAI checkpoint (default: random ViT-B/32)")
@@ -57,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         return {"export": _export, "serve": _serve, "encode": _encode, "demo": _demo}[args.command](args)
-    except (ValueError, RuntimeError, OSError) as error:
+    except (ValueError, RuntimeError, OSError, ClipError) as error:
         print(f"clip-triton {args.command}: {error}", file=sys.stderr)
         return 2
 
@@ -76,6 +74,10 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--tls-cert", type=Path, help="PEM certificate: serve gRPC over TLS")
+    parser.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    parser.add_argument("--tls-client-ca", type=Path,
+                        help="PEM CA: require client certificates signed by it (mutual TLS)")
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -98,9 +100,11 @@ def _server_options(args: argparse.Namespace):
     if not admin_key and not is_loopback(args.host):
         admin_key = secrets.token_urlsafe(24)
         print(f"--host {args.host} is reachable from other machines: admin protocols are restricted; "
-              f"admin key (send as header clip-triton-admin-key): {admin_key}", flush=True)
+              f"admin key: {admin_key} (HTTP header clip-triton-admin-key; "
+              f"gRPC header triton-grpc-protocol-clip-triton-admin-key)", flush=True)
     return ServerOptions(repository=args.repository.resolve(), host=args.host, grpc_port=args.grpc_port,
-                         http_port=args.http_port, metrics_port=args.metrics_port, admin_key=admin_key)
+                         http_port=args.http_port, metrics_port=args.metrics_port, admin_key=admin_key,
+                         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -144,28 +148,8 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def find_images(paths: list[Path]) -> list[Path]:
-    """Files as given, and image files under folders (recursively, sorted)."""
-    found: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        else:
-            found.append(path)
-    return found
-
-
 def _encode(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from .client import ClipClient
-
-    paths = find_images(args.paths)
-    with ClipClient(args.url) as client:
-        features = client.encode(paths)
-    np.savez(args.output, paths=np.array([str(p) for p in paths]), features=features)
-    print(f"{len(paths)} image(s) -> {args.output} ({features.shape[1]}-d features)")
-    return 0
+    return encode_command.run(args)
 
 
 def _demo(args: argparse.Namespace) -> int:

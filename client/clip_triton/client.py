@@ -1,49 +1,78 @@
-"""ClipClient: encoded images in, CLIP image features out, over gRPC to the `clip_image_encoder` ensemble."""
+"""ClipClient: images in, CLIP image features out, over blocking gRPC with several requests in flight.
+
+The logic lives in `core.ClientCore`; this module only runs its steps with tritonclient's blocking
+client, on a thread pool so that `concurrency` requests (and file reads) overlap.
+"""
 from __future__ import annotations
 
-import os
+import collections
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Sequence, Union
+from typing import Any, Iterable, Iterator, Mapping
 
+import grpc
 import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from . import contract
-
-ImageInput = Union[str, os.PathLike, bytes]
-
-
-class ClipError(RuntimeError):
-    """Any failure talking to the server, with a readable message."""
-
-
-class InvalidImageError(ClipError, ValueError):
-    """The server refused one or more images; `reasons` maps input index -> reason."""
-
-    def __init__(self, reasons: dict[int, str], labels: Sequence[str]):
-        self.reasons = reasons
-        lines = [f"input {i} ({labels[i]}): {reason}" for i, reason in sorted(reasons.items())]
-        super().__init__(f"{len(reasons)} image(s) refused:\n" + "\n".join(lines))
+from .connection import ConnectionOptions, Urls, as_path, as_urls
+from .core import (Call, ClientCore, EncodeOptions, ModelInfo, Sleep, Steps, T, check_images_argument,
+                   check_on_error, finalize, load_chunk, plan_chunks)
+from .errors import ClipError, ServerUnavailableError
+from .inputs import ImageInput
+from .progress import advance, progress_bar
+from .results import EncodeResult, l2_normalize
+from .retry import RetryPolicy, with_deadline
 
 
-def read_image(image: ImageInput) -> bytes:
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        return bytes(image)
-    return Path(image).read_bytes()
+class _Cancelled(ClipError):
+    """Raised inside worker threads when the encode call that owns them has stopped."""
+
+
+def invoke(client: Any, call: Call) -> Any:
+    """Run one tritonclient method; a failure is returned (not raised) as an InferenceServerException."""
+    try:
+        return getattr(client, call.method)(**call.kwargs)
+    except InferenceServerException as error:
+        return error
+    except grpc.RpcError as error:  # tritonclient wraps these, but never let one escape raw
+        return InferenceServerException(msg=error.details(), status=str(error.code()))
 
 
 class ClipClient:
-    """A synchronous client for the ensemble. `encode` keeps input order and never pairs a bad image with a vector."""
+    """A blocking client for a clip-triton server (or several: requests spread and fail over).
 
-    def __init__(self, url: str = "127.0.0.1:8001", model: str = contract.ENSEMBLE_MODEL, batch_size: int = 16):
-        self.url = url
-        self.model = model
-        self.batch_size = batch_size
-        self._client = grpcclient.InferenceServerClient(url)
+    >>> with ClipClient("127.0.0.1:8001") as client:
+    ...     features = client.encode(["cat.jpg", "dog.png"], normalize=True)
 
+    Connection options: `ssl` / `root_certificates` / `private_key` / `certificate_chain` (PEM file
+    paths) for TLS and mutual TLS, `headers` sent with every request (e.g. an auth token), gRPC
+    `compression` ("gzip" or "deflate"), `keepalive` (tritonclient's KeepAliveOptions), and `retry`
+    (a RetryPolicy; `retry_deadline` overrides its total deadline in seconds).
+    """
+
+    def __init__(self, url: Urls = "127.0.0.1:8001", *, ssl: bool = False,
+                 root_certificates: str | Path | None = None, private_key: str | Path | None = None,
+                 certificate_chain: str | Path | None = None, headers: Mapping[str, str] | None = None,
+                 compression: str | None = None, keepalive: grpcclient.KeepAliveOptions | None = None,
+                 retry: RetryPolicy | None = None, retry_deadline: float | None = None,
+                 preprocess: str = "server"):
+        self.options = ConnectionOptions(
+            urls=as_urls(url), ssl=ssl, root_certificates=as_path(root_certificates),
+            private_key=as_path(private_key), certificate_chain=as_path(certificate_chain),
+            headers=dict(headers or {}), compression=compression, keepalive=keepalive,
+        )
+        self.core = ClientCore(self.options, with_deadline(retry or RetryPolicy(), retry_deadline))
+        self.preprocess = preprocess
+        self._clients = {u: grpcclient.InferenceServerClient(**self.options.client_kwargs(u)) for u in self.options.urls}
+
+    # -- lifecycle --------------------------------------------------------------------------------
     def close(self) -> None:
-        self._client.close()
+        for client in self._clients.values():
+            client.close()
 
     def __enter__(self) -> "ClipClient":
         return self
@@ -51,52 +80,132 @@ class ClipClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def is_ready(self) -> bool:
+    def _run(self, steps: Steps[T], stop: threading.Event | None = None) -> T:
+        """Drive a core operation with blocking calls; `stop` aborts it between steps."""
+        outcome = None
         try:
-            return bool(self._client.is_model_ready(self.model))
-        except InferenceServerException:
-            return False
+            while True:
+                if stop is not None and stop.is_set():
+                    raise _Cancelled("cancelled")
+                try:
+                    action = steps.send(outcome)
+                except StopIteration as done:
+                    return done.value
+                if isinstance(action, Sleep):
+                    if stop is not None:
+                        stop.wait(action.seconds)
+                    else:
+                        time.sleep(action.seconds)
+                    outcome = None
+                else:
+                    outcome = invoke(self._clients[action.url], action)
+        finally:
+            steps.close()
+
+    # -- metadata ---------------------------------------------------------------------------------
+    def model_info(self) -> ModelInfo:
+        """Embedding size, input resolution and batch limits from the server (fetched once, retried)."""
+        return self._run(self.core.fetch_info())
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.model_info().embedding_dim
+
+    @property
+    def input_resolution(self) -> int:
+        return self.model_info().input_resolution
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.model_info().max_batch_size
+
+    def is_ready(self) -> bool:
+        """True if some server URL reports the ensemble ready (one probe each, no retries)."""
+        return any(invoke(self._clients[c.url], c) is True for c in self.core.readiness_calls())
+
+    def wait_until_ready(self, timeout: float = 60.0, poll_s: float = 0.25) -> None:
+        """Block until `is_ready()`; ServerUnavailableError after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while not self.is_ready():
+            if time.monotonic() >= deadline:
+                raise ServerUnavailableError(f"no server ready at {', '.join(self.options.urls)} after {timeout:g} s")
+            time.sleep(poll_s)
 
     def model_parameters(self) -> dict[str, str]:
         """String parameters of `clip_visual`'s config (e.g. `weights`, the provenance of the weights)."""
-        config = self._client.get_model_config(contract.VISUAL_MODEL, as_json=True)["config"]
-        return {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        response = self._run(self.core.call("get_model_config", context="reading clip_visual's config",
+                                            model_name=contract.VISUAL_MODEL, as_json=True))
+        parameters = response["config"].get("parameters", {})
+        return {key: value.get("string_value", "") for key, value in parameters.items()}
 
-    def encode(self, images: Iterable[ImageInput]) -> np.ndarray:
-        """Features [N, D] float32 in input order; raises InvalidImageError naming every refused input."""
-        images = list(images)
-        labels = [str(i) if isinstance(i, (str, os.PathLike)) else f"{len(i)} bytes" for i in images]
-        rows: list[np.ndarray | None] = [None] * len(images)
-        reasons: dict[int, str] = {}
-        for start in range(0, len(images), self.batch_size):
-            chunk = list(range(start, min(start + self.batch_size, len(images))))
+    # -- encoding ---------------------------------------------------------------------------------
+    def encode(self, images: Iterable[ImageInput], *, normalize: bool = False, batch_size: int | None = None,
+               concurrency: int | None = None, show_progress: bool = False, timeout: float | None = None,
+               on_error: str = "raise", preprocess: str | None = None) -> np.ndarray:
+        """Features float32 [N, D], rows in input order (`normalize=True`: unit rows for cosine similarity).
+
+        If any input is refused, on_error="raise" (default) raises InvalidImageError naming every bad
+        input, with the good features on `error.result`; on_error="skip" returns only the good rows
+        (use `encode_result` to know which inputs they belong to). `timeout` bounds each request.
+        """
+        check_on_error(on_error)
+        result = self.encode_result(images, normalize=normalize, batch_size=batch_size, concurrency=concurrency,
+                                    show_progress=show_progress, timeout=timeout, preprocess=preprocess)
+        return finalize(result, on_error)
+
+    def encode_result(self, images: Iterable[ImageInput], *, normalize: bool = False,
+                      batch_size: int | None = None, concurrency: int | None = None, show_progress: bool = False,
+                      timeout: float | None = None, preprocess: str | None = None) -> EncodeResult:
+        """Like `encode`, but never raises for bad images: features, their input indices, and the failures."""
+        parts = list(self.iter_encode(images, normalize=normalize, batch_size=batch_size, concurrency=concurrency,
+                                      show_progress=show_progress, timeout=timeout, preprocess=preprocess))
+        return EncodeResult.concatenate(parts, self.embedding_dim)
+
+    def iter_encode(self, images: Iterable[ImageInput], *, normalize: bool = False, batch_size: int | None = None,
+                    concurrency: int | None = None, show_progress: bool = False, timeout: float | None = None,
+                    preprocess: str | None = None) -> Iterator[EncodeResult]:
+        """Stream results one request's worth at a time, in input order, while later requests are in flight.
+
+        Inputs are drawn from `images` lazily (at most about 2 x concurrency requests ahead), so an
+        iterator over millions of paths never sits in memory.
+        """
+        images = check_images_argument(images)
+        info = self.model_info()
+        options = self.core.options_for(info, normalize=normalize, batch_size=batch_size, concurrency=concurrency,
+                                        show_progress=show_progress, timeout=timeout,
+                                        preprocess=preprocess or self.preprocess)
+        total = len(images) if hasattr(images, "__len__") else None
+        stop = threading.Event()
+        window: collections.deque[Future] = collections.deque()
+        with progress_bar(total, options.show_progress) as bar, \
+                ThreadPoolExecutor(options.concurrency, thread_name_prefix="clip-encode") as pool:
             try:
-                features = self._infer([read_image(images[i]) for i in chunk])
-                for i, row in zip(chunk, features):
-                    rows[i] = row
-            except InferenceServerException as error:
-                if error.status() != "StatusCode.INVALID_ARGUMENT":
-                    raise ClipError(f"{self.url}: {error.message()}") from None
-                for i in chunk:  # isolate the bad ones: each image alone
-                    try:
-                        rows[i] = self._infer([read_image(images[i])])[0]
-                    except InferenceServerException as single:
-                        reasons[i] = _server_reason(single.message())
-        if reasons:
-            raise InvalidImageError(reasons, labels)
-        if not rows:
-            return np.zeros((0, 0), np.float32)
-        return np.stack(rows).astype(np.float32, copy=False)
+                for chunk in plan_chunks(images, options.batch_size):
+                    window.append(pool.submit(self._encode_chunk, chunk, options, info, stop))
+                    if len(window) >= 2 * options.concurrency:
+                        yield advance(window.popleft().result(), bar)
+                while window:
+                    yield advance(window.popleft().result(), bar)
+            finally:
+                stop.set()
+                for future in window:
+                    future.cancel()
 
-    def _infer(self, blobs: list[bytes]) -> np.ndarray:
-        tensor = grpcclient.InferInput(contract.IMAGE_INPUT, [len(blobs), 1], "BYTES")
-        tensor.set_data_from_numpy(np.array(blobs, dtype=np.object_).reshape(-1, 1))
-        output = grpcclient.InferRequestedOutput(contract.EMBEDDING_OUTPUT)
-        result = self._client.infer(self.model, [tensor], outputs=[output])
-        return result.as_numpy(contract.EMBEDDING_OUTPUT)
+    def _encode_chunk(self, chunk, options: EncodeOptions, info: ModelInfo, stop: threading.Event) -> EncodeResult:
+        size = info.input_resolution if options.preprocess == "client" else None
+        return self._run(self.core.encode_loaded(load_chunk(chunk, size), options), stop)
 
+    def encode_pixels(self, pixels: np.ndarray, *, normalize: bool = False, batch_size: int | None = None,
+                      concurrency: int | None = None, timeout: float | None = None) -> np.ndarray:
+        """Features for already-preprocessed pixels [N, 3, R, R] (CLIP-normalized float), via `clip_visual`."""
+        info = self.model_info()
+        pixels = self.core.check_pixels(pixels)
+        options = self.core.options_for(info, normalize=normalize, batch_size=batch_size, concurrency=concurrency,
+                                        show_progress=False, timeout=timeout, preprocess="client")
+        starts = range(0, len(pixels), options.batch_size)
+        with ThreadPoolExecutor(options.concurrency, thread_name_prefix="clip-pixels") as pool:
+            parts = list(pool.map(lambda s: self._run(self.core.encode_pixels_chunk(
+                pixels[s:s + options.batch_size], s, timeout)), starts))
+        features = np.concatenate(parts) if parts else np.zeros((0, info.embedding_dim), np.float32)
+        return l2_normalize(features) if normalize else features
 
-def _server_reason(message: str) -> str:
-    """The preprocessing model's reason, without Triton's ensemble prefix and the element index."""
-    message = message.split(f"in ensemble '{contract.ENSEMBLE_MODEL}', ", 1)[-1]
-    return message.removeprefix("IMAGE[0]: ")

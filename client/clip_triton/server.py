@@ -41,7 +41,22 @@ class ServerOptions:
     # Admin protocols need this header key (`clip-triton-admin-key: <key>`); None leaves them open,
     # which `serve` only allows on loopback.
     admin_key: str | None = None
+    # gRPC over TLS: the server's PEM certificate and key; with a client CA, clients must present a
+    # certificate signed by it (mutual TLS). HTTP and metrics stay plain (bind them to loopback).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
     extra_args: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both a certificate (--tls-cert) and its private key (--tls-key)")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("a client CA (--tls-client-ca) only makes sense with --tls-cert and --tls-key")
+        for name in ("tls_cert", "tls_key", "tls_client_ca"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name.replace('_', '-')}: no such file {path}")
 
     def command(self, binary: Path, backends: Path) -> list[str]:
         return [
@@ -56,6 +71,7 @@ class ServerOptions:
             "--allow-metrics=true", f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
             f"--log-verbose={self.log_verbose}",
             *restricted_protocol_args(self.admin_key),
+            *tls_args(self.tls_cert, self.tls_key, self.tls_client_ca),
             *self.extra_args,
         ]
 
@@ -70,6 +86,17 @@ def restricted_protocol_args(admin_key: str | None) -> list[str]:
         return []
     rule = f"{ADMIN_PROTOCOLS}:{ADMIN_HEADER}={admin_key}"
     return [f"--grpc-restricted-protocol={rule}", f"--http-restricted-api={rule}"]
+
+
+def tls_args(cert: Path | None, key: Path | None, client_ca: Path | None) -> list[str]:
+    """tritonserver flags for gRPC over TLS (mutual TLS when a client CA is given)."""
+    if cert is None or key is None:
+        return []
+    args = ["--grpc-use-ssl=true", f"--grpc-server-cert={Path(cert).resolve()}",
+            f"--grpc-server-key={Path(key).resolve()}"]
+    if client_ca is not None:
+        args += [f"--grpc-root-cert={Path(client_ca).resolve()}", "--grpc-use-ssl-mutual=true"]
+    return args
 
 
 def is_loopback(host: str) -> bool:
@@ -165,6 +192,15 @@ def _environment(home: Path) -> dict[str, str]:
     return env
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it if its parent dies, so no tritonserver is ever orphaned
+    (its own process group protects it from the parent's Ctrl-C, not from the parent's death)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class TritonServer:
     """A tritonserver process: start, wait until ready, stop (SIGTERM, then SIGKILL) by PID."""
 
@@ -194,7 +230,7 @@ class TritonServer:
         with open(self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(
                 command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=_environment(home), start_new_session=True,
+                env=_environment(home), start_new_session=True, preexec_fn=_die_with_parent,
             )
         return self
 
