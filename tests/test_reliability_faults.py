@@ -135,6 +135,9 @@ def test_a_dead_preprocess_stub_is_not_restarted_and_requests_fail_clearly(tmp_p
 def test_serve_exits_nonzero_when_a_stub_dies(vit_repository: Path) -> None:
     process, ports = serve(vit_repository)
     try:
+        for line in process.stdout:  # `serve` records the stubs it watches before it prints this line
+            if line.startswith("serving "):
+                break
         server_pid = tritonserver_of(process)
         stub = kill_stub(server_pid, contract.PREPROCESS_MODEL)
         output = finish(process, 90)

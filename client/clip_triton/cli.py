@@ -116,9 +116,9 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda number, _: stopping.append(number))
     signal.signal(signal.SIGINT, lambda number, _: stopping.append(number))
     server.start().wait_until_ready()
+    stubs = server.backend_stubs()  # the Python-backend stubs to watch (Triton never restarts them)
     print(f"serving {args.repository} - gRPC {server.grpc_url}, HTTP {server.http_url}, "
           f"metrics {args.host}:{args.metrics_port} (pid {server.pid}; Ctrl-C stops)", flush=True)
-    stubs = server.backend_stubs()
     unready_since: float | None = None
     while not stopping:
         if server.process.poll() is not None:
