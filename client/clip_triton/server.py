@@ -17,6 +17,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -230,7 +231,10 @@ class TritonServer:
         with open(self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(
                 command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=_environment(home), start_new_session=True, preexec_fn=_die_with_parent,
+                env=_environment(home), start_new_session=True,
+                # The parent-death signal follows the *thread* that forks: from any other thread it would
+                # SIGTERM the server as soon as that thread ends (e.g. a restart done in a helper thread).
+                preexec_fn=_die_with_parent if threading.current_thread() is threading.main_thread() else None,
             )
         return self
 
@@ -306,7 +310,7 @@ class TritonServer:
         if self.process.poll() is None:
             wait = timeout_s if timeout_s is not None else self.options.exit_timeout_s + 10
             drain_s = self.options.exit_timeout_s if drain_s is None else drain_s
-            if drain_s > 0 and not self.drain(drain_s):
+            if drain_s > 0 and self.is_ready() and not self.drain(drain_s):
                 log.warning("could not confirm that in-flight requests finished within %.0f s; stopping", drain_s)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGTERM)
