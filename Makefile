@@ -9,7 +9,7 @@ DEMO_IMAGES ?= $(if $(wildcard $(SHARED)/images),$(SHARED)/images,examples/image
 CHECKPOINT ?=
 PYTEST_ARGS ?=
 
-.PHONY: install demo test repository loadtest bench clean
+.PHONY: install demo test repository loadtest bench soak overload-report clean
 
 install: $(VENV)/.installed
 
@@ -25,6 +25,16 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Steady load against a real server, sampling errors and server memory (reports/soak.md + .csv).
+SOAK_SECONDS ?= 600
+soak: install
+	$(BIN)/python -m tools.soak --seconds $(SOAK_SECONDS) --images $(DEMO_IMAGES) --output reports
+
+# Drive far beyond capacity against bounded queues; latency figures per phase (reports/overload.md + .json).
+OVERLOAD_SECONDS ?= 20
+overload-report: install
+	$(BIN)/python -m tools.overload --seconds $(OVERLOAD_SECONDS) --images $(DEMO_IMAGES) --output reports
 
 # Regenerate the checked-in GPU deployment layout (configs and code, no weights).
 repository: install

@@ -116,12 +116,21 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda number, _: stopping.append(number))
     signal.signal(signal.SIGINT, lambda number, _: stopping.append(number))
     server.start().wait_until_ready()
+    stubs = server.backend_stubs()  # the Python-backend stubs to watch (Triton never restarts them)
     print(f"serving {args.repository} - gRPC {server.grpc_url}, HTTP {server.http_url}, "
           f"metrics {args.host}:{args.metrics_port} (pid {server.pid}; Ctrl-C stops)", flush=True)
     unready_since: float | None = None
     while not stopping:
         if server.process.poll() is not None:
             print(f"tritonserver exited with {server.process.returncode}:\n{server.log_tail()}", file=sys.stderr)
+            return 1
+        dead = {pid: name for pid, name in stubs.items() if pid not in server.backend_stubs()}
+        if dead:
+            # Triton 2.51 neither restarts a dead stub nor marks its model unready: it would answer every
+            # request with INTERNAL errors for ever. Exit non-zero so a supervisor restarts us.
+            names = ", ".join(f"{name} (pid {pid})" for pid, name in sorted(dead.items()))
+            print(f"Python backend stub died: {names}; Triton does not restart it, stopping", file=sys.stderr)
+            server.stop(drain_s=0)
             return 1
         if server.is_ready():
             unready_since = None
@@ -130,9 +139,10 @@ def _serve(args: argparse.Namespace) -> int:
             if args.unhealthy_exit_after and time.monotonic() - unready_since > args.unhealthy_exit_after:
                 print(f"tritonserver not ready for {args.unhealthy_exit_after:.0f} s, stopping:\n{server.log_tail()}",
                       file=sys.stderr)
-                server.stop()
+                server.stop(drain_s=0)
                 return 1
         time.sleep(1.0)
+    print("stopping: draining in-flight requests", flush=True)
     code = server.stop()
     print(f"stopped (tritonserver exit code {code})", flush=True)
     return 0

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -110,6 +111,55 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def requests_in_flight(metrics_url: str) -> int | None:
+    """Requests queued or executing in a server, from its metrics endpoint (None if it cannot be read).
+
+    Triton's `nv_inference_pending_request_count` covers queued requests only; our Python models add
+    `clip_triton_executing_requests` for the ones inside `execute()`.
+    """
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(("nv_inference_pending_request_count{", "clip_triton_executing_requests{"))))
+
+
+def child_processes(parent: int) -> dict[int, list[str]]:
+    """Direct child processes of `parent`: pid -> argv (from /proc; empty on other systems)."""
+    children: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            # Fields after the parenthesised command name: state, ppid, ...
+            state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+            if int(ppid) == parent and state != "Z":
+                children[int(entry.name)] = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except (OSError, ValueError, IndexError):
+            continue  # the process ended while we looked
+    return children
+
+
+def _stub_instance(argv: list[str]) -> str:
+    """The model instance a Python-backend stub serves (its 9th argument; else its model's directory)."""
+    if len(argv) > 8 and argv[8]:
+        return argv[8]
+    return Path(argv[1]).parent.parent.name if len(argv) > 1 else "?"
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def triton_home() -> Path:
     """The tritonserver tree inside the installed nvidia-pytriton wheel."""
     import importlib.util
@@ -181,7 +231,10 @@ class TritonServer:
         with open(self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(
                 command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=_environment(home), start_new_session=True, preexec_fn=_die_with_parent,
+                env=_environment(home), start_new_session=True,
+                # The parent-death signal follows the *thread* that forks: from any other thread it would
+                # SIGTERM the server as soon as that thread ends (e.g. a restart done in a helper thread).
+                preexec_fn=_die_with_parent if threading.current_thread() is threading.main_thread() else None,
             )
         return self
 
@@ -205,12 +258,60 @@ class TritonServer:
         self.stop()
         raise ServerError(f"tritonserver not ready after {timeout_s:.0f} s:\n{self.log_tail()}")
 
-    def stop(self, timeout_s: float | None = None) -> int | None:
-        """SIGTERM the server's process group, wait for the drain, then SIGKILL. Returns the exit code."""
+    def backend_stubs(self) -> dict[int, str]:
+        """Live Python-backend stub processes of this server: pid -> model instance (e.g. clip_preprocess_0_0).
+
+        Triton 2.51 does not restart a stub that dies: the model stays READY and every request to it
+        fails with INTERNAL "Stub process ... is not healthy". Watching these PIDs is how `serve` notices.
+        """
+        if self.process is None:
+            return {}
+        return {pid: _stub_instance(argv) for pid, argv in child_processes(self.process.pid).items()
+                if argv and argv[0].endswith("triton_python_backend_stub")}
+
+    def rss_bytes(self) -> int:
+        """Resident memory of tritonserver and its backend stubs together."""
+        if self.process is None:
+            return 0
+        return sum(_rss_bytes(pid) for pid in [self.process.pid, *child_processes(self.process.pid)])
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.options.host}:{self.options.metrics_port}/metrics"
+
+    def in_flight(self) -> int | None:
+        """Requests queued or executing right now (None if the metrics cannot be read)."""
+        return requests_in_flight(self.metrics_url)
+
+    def drain(self, timeout_s: float, poll_s: float = 0.05) -> bool:
+        """Wait until no request is queued or executing (two readings in a row), at most `timeout_s`.
+
+        Needed because Triton's own SIGTERM handling stops every model's scheduler at once: an ensemble
+        request already past `clip_preprocess` is then refused at `clip_visual` ("Server is stopping").
+        Draining first lets every in-flight request finish. Returns whether the server went idle.
+        """
+        deadline = time.monotonic() + timeout_s
+        idle_readings = 0
+        while time.monotonic() < deadline and self.process is not None and self.process.poll() is None:
+            count = self.in_flight()
+            if count is None:
+                return False
+            idle_readings = idle_readings + 1 if count == 0 else 0
+            if idle_readings >= 2:
+                return True
+            time.sleep(poll_s)
+        return False
+
+    def stop(self, timeout_s: float | None = None, drain_s: float | None = None) -> int | None:
+        """Drain in-flight requests (at most `drain_s`, default the exit timeout), SIGTERM the process
+        group, wait `timeout_s` for Triton's own exit, then SIGKILL. Returns the exit code."""
         if self.process is None:
             return None
         if self.process.poll() is None:
             wait = timeout_s if timeout_s is not None else self.options.exit_timeout_s + 10
+            drain_s = self.options.exit_timeout_s if drain_s is None else drain_s
+            if drain_s > 0 and self.is_ready() and not self.drain(drain_s):
+                log.warning("could not confirm that in-flight requests finished within %.0f s; stopping", drain_s)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGTERM)
             try:

@@ -16,6 +16,7 @@ class TritonPythonModel:
         parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         path = os.path.join(args["model_repository"], args["model_version"], parameters["artifact"])
         threads = int(parameters.get("intra_op_threads", "0"))
+        self.gauge_family, self.executing = executing_gauge(args)  # read by `clip-triton serve` to drain
         if parameters["runtime"] == "onnxruntime":
             import onnxruntime
 
@@ -37,6 +38,13 @@ class TritonPythonModel:
             self.run = run
 
     def execute(self, requests):
+        self.executing.increment(len(requests))
+        try:
+            return self._execute(requests)
+        finally:
+            self.executing.increment(-len(requests))
+
+    def _execute(self, requests):
         batches = [pb_utils.get_input_tensor_by_name(r, "PIXEL_VALUES").as_numpy() for r in requests]
         pixels = batches[0] if len(batches) == 1 else np.concatenate(batches)
         embeddings = np.ascontiguousarray(self.run(np.ascontiguousarray(pixels, dtype=np.float32)), dtype=np.float32)
@@ -46,3 +54,11 @@ class TritonPythonModel:
             responses.append(pb_utils.InferenceResponse(output_tensors=[output]))
             start += len(batch)
         return responses
+
+
+def executing_gauge(args):
+    """The `clip_triton_executing_requests` family and this instance's gauge (as in clip_preprocess)."""
+    family = pb_utils.MetricFamily(name="clip_triton_executing_requests",
+                                   description="Requests inside a model's execute() right now",
+                                   kind=pb_utils.MetricFamily.GAUGE)
+    return family, family.Metric(labels={"model": args["model_name"], "instance": args["model_instance_name"]})

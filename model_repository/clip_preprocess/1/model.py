@@ -25,8 +25,18 @@ class TritonPythonModel:
         self.max_bytes = int(parameters.get("max_image_bytes", {}).get("string_value", DEFAULT_MAX_IMAGE_BYTES))
         self.fast_jpeg = parameters.get("fast_jpeg_decode", {}).get("string_value", "false") == "true"
         Image.MAX_IMAGE_PIXELS = None  # our own limit (checked before decoding) governs in this process
+        # Triton's pending-request gauge does not count executing requests; `clip-triton serve` adds this
+        # gauge to know when in-flight work has drained before it stops the server.
+        self.gauge_family, self.executing = executing_gauge(args)
 
     def execute(self, requests):
+        self.executing.increment(len(requests))
+        try:
+            return self._execute(requests)
+        finally:
+            self.executing.increment(-len(requests))
+
+    def _execute(self, requests):
         images, counts = [], []
         for request in requests:
             blobs = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy().reshape(-1)
@@ -47,3 +57,12 @@ class TritonPythonModel:
             good += count - len(bad)
             first += count
         return responses
+
+
+def executing_gauge(args):
+    """The `clip_triton_executing_requests` family and this instance's gauge (keep both alive: Triton
+    refuses to update a gauge whose family was garbage-collected)."""
+    family = pb_utils.MetricFamily(name="clip_triton_executing_requests",
+                                   description="Requests inside a model's execute() right now",
+                                   kind=pb_utils.MetricFamily.GAUGE)
+    return family, family.Metric(labels={"model": args["model_name"], "instance": args["model_instance_name"]})

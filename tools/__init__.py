@@ -1,0 +1,1 @@
+"""Reliability tooling: overload driver, soak, and the local server they run against."""
