@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -180,3 +182,29 @@ def test_shared_cluster_settings_run_on_the_real_server(tmp_path: Path):
         assert http("GET", f"{running.http_url}/v2/models/{contract.ENSEMBLE_MODEL}/ready")[0] == 200
         status, body = http("GET", f"{running.http_url}/v2/models/{contract.VISUAL_MODEL}/config")
         assert json.loads(body)["instance_group"][0]["rate_limiter"]["resources"][0]["name"] == "clip_gpu_slot"
+
+
+def test_entrypoint_drains_then_stops_on_sigterm_and_exits_1_when_a_stub_dies(tmp_path: Path) -> None:
+    """The container's PID 1 supervises Triton: SIGTERM lets in-flight ensemble requests finish, and a dead
+    Python-backend stub (which Triton 2.51 neither restarts nor reports) ends the container with 1."""
+    import concurrent.futures
+
+    from clip_triton.server import child_processes
+    from conftest import image_bytes
+    from test_server import infer
+
+    repository = export_golden(tmp_path / "slow", "tiny-vit-b32", preprocess_queue_delay_us=1_500_000)
+    with entrypoint_server(repository) as server, concurrent.futures.ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(infer, server.grpc_url, [image_bytes("horse.png")]) for _ in range(4)]
+        time.sleep(0.5)  # the requests now wait in the 1.5 s batching window
+        server.process.send_signal(signal.SIGTERM)  # only PID 1, as docker and the kubelet do
+        assert all(f.result(timeout=60).shape == (1, 32) for f in futures)
+        assert server.process.wait(60) == 0
+
+    with entrypoint_server(export_golden(tmp_path / "fast", "tiny-vit-b32")) as server:
+        time.sleep(1.5)  # the supervisor records the stubs once the server is ready
+        triton = next(iter(child_processes(server.process.pid)))
+        stub = next(pid for pid, argv in child_processes(triton).items() if "clip_preprocess_0_0" in argv)
+        os.kill(stub, signal.SIGKILL)
+        assert server.process.wait(30) == 1
+        assert "a Python backend stub died" in server.log.read_text()

@@ -1,4 +1,4 @@
-"""Container entrypoint: exec tritonserver with exactly the flags `clip-triton serve` uses.
+"""Container entrypoint: run tritonserver with exactly the flags `clip-triton serve` uses, and supervise it.
 
 The flags come from `ServerOptions.command()` in client/clip_triton/server.py (copied into the image
 as `clip_triton/server.py`), so the container and the local server cannot drift apart: model control
@@ -11,14 +11,24 @@ changes on every restart and lives only in a log is no use to operators): set CL
 Environment (defaults are the container's): MODEL_REPOSITORY=/models, TRITON_ADDRESS=0.0.0.0,
 HTTP_PORT=8000, GRPC_PORT=8001, METRICS_PORT=8002, EXIT_TIMEOUT_SECS=30, LOG_VERBOSE=0,
 TRITONSERVER=/opt/tritonserver/bin/tritonserver, BACKEND_DIRECTORY=/opt/tritonserver/backends.
+
+Why supervise instead of exec: Triton 2.51's own SIGTERM handling stops every model's queue at once, so
+an ensemble request between its two steps is refused ("Server is stopping"); and it neither restarts a
+Python-backend stub that dies nor reports the model unready. So, like `clip-triton serve`, this process
+drains (waits until nothing is queued or executing, at most EXIT_TIMEOUT_SECS) before passing SIGTERM
+on, and exits 1 when a stub dies, so the orchestrator restarts the container.
 """
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
-from clip_triton.server import ServerOptions, is_loopback
+from clip_triton.server import ServerOptions, child_processes, is_loopback, requests_in_flight
 
 
 def admin_key(environ: dict[str, str]) -> str | None:
@@ -51,11 +61,60 @@ def triton_command(environ: dict[str, str], extra_args: list[str]) -> list[str]:
     return options.command(binary, backends)
 
 
-def main() -> None:
-    command = triton_command(dict(os.environ), sys.argv[1:])
+def _local_url(environ: dict[str, str], port_variable: str, default: str) -> str:
+    host = environ.get("TRITON_ADDRESS", "0.0.0.0")
+    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    return f"http://{host}:{environ.get(port_variable, default)}"
+
+
+def _ready(http_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{http_url}/v2/health/ready", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _stubs(pid: int) -> set[int]:
+    return {child for child, argv in child_processes(pid).items() if argv and argv[0].endswith("_stub")}
+
+
+def supervise(command: list[str], environ: dict[str, str]) -> int:
+    """Run tritonserver; on SIGTERM/SIGINT drain, then stop it; exit 1 if it dies or loses a stub."""
+    stopping: list[int] = []
+    signal.signal(signal.SIGTERM, lambda number, _: stopping.append(number))
+    signal.signal(signal.SIGINT, lambda number, _: stopping.append(number))
+    process = subprocess.Popen(command)
+    http_url = _local_url(environ, "HTTP_PORT", "8000")
+    metrics_url = _local_url(environ, "METRICS_PORT", "8002") + "/metrics"
+    exit_timeout = float(environ.get("EXIT_TIMEOUT_SECS", "30"))
+    watched: set[int] = set()
+    while process.poll() is None:
+        if stopping:
+            deadline, idle = time.monotonic() + exit_timeout, 0
+            while idle < 2 and time.monotonic() < deadline:  # two zero readings in a row
+                idle = idle + 1 if requests_in_flight(metrics_url) == 0 else 0
+                time.sleep(0.05)
+            process.send_signal(signal.SIGTERM)
+            return process.wait()
+        if not watched and _ready(http_url):
+            watched = _stubs(process.pid)  # after readiness: load-time helper stubs have come and gone
+        elif watched and watched - _stubs(process.pid):
+            print(f"a Python backend stub died (pid {sorted(watched - _stubs(process.pid))}); stopping so the "
+                  "container is restarted", file=sys.stderr, flush=True)
+            process.send_signal(signal.SIGTERM)
+            process.wait()
+            return 1
+        time.sleep(0.5)
+    return 1  # tritonserver exited on its own
+
+
+def main() -> int:
+    environ = dict(os.environ)
+    command = triton_command(environ, sys.argv[1:])
     sys.stdout.flush()
-    os.execv(command[0], command)  # tritonserver replaces us: it gets SIGTERM directly and drains
+    return supervise(command, environ)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
