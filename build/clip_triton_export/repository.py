@@ -48,6 +48,7 @@ class RepositoryOptions:
     preprocess_instances: int | None = None
     visual_instances: int | None = None
     visual_threads: int = 0  # intra-op threads for the CPU target's runtime; 0 = the runtime's default
+    visual_spinning: bool = True  # ONNX Runtime's idle worker threads spin (its default) or sleep
     max_image_pixels: int = transform.DEFAULT_MAX_IMAGE_PIXELS
     max_image_bytes: int = transform.DEFAULT_MAX_IMAGE_BYTES
     fast_jpeg_decode: bool = False  # opt-in DCT-domain downscaling of big JPEGs (not bit-exact)
@@ -99,6 +100,7 @@ def model_configs(spec: VisualSpec, options: RepositoryOptions) -> dict[str, pb.
         visual.parameters["runtime"].string_value = _RUNTIMES[options.fmt]
         visual.parameters["artifact"].string_value = FORMATS[options.fmt]
         visual.parameters["intra_op_threads"].string_value = str(options.visual_threads)
+        visual.parameters["allow_spinning"].string_value = "1" if options.visual_spinning else "0"
     visual.input.add(name=contract.PIXELS_TENSOR, data_type=pb.TYPE_FP32, dims=pixels_dims)
     visual.output.add(name=contract.EMBEDDING_OUTPUT, data_type=pb.TYPE_FP32, dims=[dim])
     sizes = [s for s in options.preferred_batch_sizes if s <= options.max_batch_size]

@@ -22,6 +22,8 @@ class TritonPythonModel:
 
             options = onnxruntime.SessionOptions()
             options.intra_op_num_threads = threads
+            # Spinning worker threads burn the cores the preprocessing model needs between batches.
+            options.add_session_config_entry("session.intra_op.allow_spinning", parameters.get("allow_spinning", "1"))
             session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
             self.run = lambda pixels: session.run(["EMBEDDING"], {"PIXEL_VALUES": pixels})[0]
         else:
