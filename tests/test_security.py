@@ -106,7 +106,7 @@ def test_model_control_is_off_even_with_the_admin_key(guarded_server: TritonServ
 
 def serve_arguments(host: str, admin_key: str | None = None) -> argparse.Namespace:
     return argparse.Namespace(repository=Path("models"), host=host, grpc_port=8001, http_port=8000,
-                              metrics_port=8002, admin_key=admin_key)
+                              metrics_port=8002, admin_key=admin_key, tls_cert=None, tls_key=None, tls_client_ca=None)
 
 
 def test_serve_generates_an_admin_key_when_exposed(capsys: pytest.CaptureFixture) -> None:

@@ -100,11 +100,13 @@ def test_one_request_with_good_and_bad_elements_names_each_bad_element(vit_serve
 
 
 def test_client_isolates_bad_images_and_names_them(vit_server) -> None:
-    from clip_triton.client import InvalidImageError
+    from clip_triton import InvalidImageError
 
     with ClipClient(vit_server.grpc_url) as client, pytest.raises(InvalidImageError) as caught:
         client.encode([IMAGES / "horse.png", b"", IMAGES / "coffee.png"])
-    assert list(caught.value.reasons) == [1] and "empty input" in caught.value.reasons[1]
+    failures = caught.value.failures
+    assert [f.index for f in failures] == [1] and "empty input" in failures[0].reason
+    assert list(caught.value.result.indices) == [0, 2]  # the good features are kept
 
 
 @pytest.mark.parametrize("arch", ["ViT-B/32", "RN50"])

@@ -79,8 +79,17 @@ def _stubs(pid: int) -> set[int]:
     return {child for child, argv in child_processes(pid).items() if argv and argv[0].endswith("_stub")}
 
 
+def model_control_mode(command: list[str]) -> str:
+    """The effective --model-control-mode (the last one given wins, as in tritonserver)."""
+    modes = [arg.split("=", 1)[1] for arg in command if arg.startswith("--model-control-mode=")]
+    return modes[-1] if modes else "none"
+
+
 def supervise(command: list[str], environ: dict[str, str]) -> int:
-    """Run tritonserver; on SIGTERM/SIGINT drain, then stop it; exit 1 if it dies or loses a stub."""
+    """Run tritonserver; on SIGTERM/SIGINT drain, then stop it; exit 1 if it dies or loses a stub.
+
+    Stubs are watched only with model control NONE: under explicit control (shared clusters) unloading a
+    model legitimately ends its stubs."""
     stopping: list[int] = []
     signal.signal(signal.SIGTERM, lambda number, _: stopping.append(number))
     signal.signal(signal.SIGINT, lambda number, _: stopping.append(number))
@@ -89,6 +98,7 @@ def supervise(command: list[str], environ: dict[str, str]) -> int:
     metrics_url = _local_url(environ, "METRICS_PORT", "8002") + "/metrics"
     exit_timeout = float(environ.get("EXIT_TIMEOUT_SECS", "30"))
     watched: set[int] = set()
+    watch_stubs = model_control_mode(command) == "none"
     while process.poll() is None:
         if stopping:
             deadline, idle = time.monotonic() + exit_timeout, 0
@@ -97,7 +107,7 @@ def supervise(command: list[str], environ: dict[str, str]) -> int:
                 time.sleep(0.05)
             process.send_signal(signal.SIGTERM)
             return process.wait()
-        if not watched and _ready(http_url):
+        if watch_stubs and not watched and _ready(http_url):
             watched = _stubs(process.pid)  # after readiness: load-time helper stubs have come and gone
         elif watched and watched - _stubs(process.pid):
             print(f"a Python backend stub died (pid {sorted(watched - _stubs(process.pid))}); stopping so the "
