@@ -4,7 +4,6 @@ Servers bind 127.0.0.1 on free ports and are always stopped by PID (SIGTERM, the
 """
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import Iterator
@@ -12,7 +11,7 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from clip_triton.server import ServerOptions, TritonServer, free_port
+from clip_triton.server import TritonServer, local_server
 from clip_triton_export.pipeline import export_repository
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,16 +43,7 @@ def assert_features_match(actual: np.ndarray, expected: np.ndarray, cosine: floa
     assert rel.max() <= relative_l2, rel
 
 
-@contextlib.contextmanager
-def running_server(repository: Path, **options) -> Iterator[TritonServer]:
-    """A real tritonserver on free loopback ports, stopped (by PID) whatever happens."""
-    server = TritonServer(ServerOptions(repository=repository, grpc_port=free_port(), http_port=free_port(),
-                                       metrics_port=free_port(), **options))
-    try:
-        server.start().wait_until_ready(180)
-        yield server
-    finally:
-        server.stop()
+running_server = local_server  # a real tritonserver on free loopback ports, always stopped by PID
 
 
 def export_golden(directory: Path, checkpoint: str, fmt: str = "onnx", **options) -> Path:

@@ -1,4 +1,4 @@
-"""A tiny exported model and a real tritonserver on free loopback ports, for the reliability tools."""
+"""A tiny exported model for the reliability tools (served with clip_triton.server.local_server)."""
 from __future__ import annotations
 
 import contextlib
@@ -6,7 +6,6 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from clip_triton.server import ServerOptions, TritonServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_VIT = ROOT.parent / "shared" / "golden" / "tiny-vit-b32.pt"
@@ -21,15 +20,3 @@ def exported_tiny_vit(**options) -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="clip-triton-tool-") as directory:
         export_repository(Path(directory), checkpoint=TINY_VIT, fmt="onnx", target="cpu", **options)
         yield Path(directory)
-
-
-@contextlib.contextmanager
-def local_server(repository: Path, **options) -> Iterator[TritonServer]:
-    """tritonserver on free 127.0.0.1 ports, always stopped by PID."""
-    server = TritonServer(ServerOptions(repository=repository, grpc_port=free_port(), http_port=free_port(),
-                                        metrics_port=free_port(), **options))
-    try:
-        server.start().wait_until_ready(180)
-        yield server
-    finally:
-        server.stop()

@@ -122,7 +122,8 @@ def markdown(results: dict[str, dict], setup: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """`make overload-report`: the three phases against a freshly exported tiny model; writes .md and .json."""
-    from tools.local_server import SHARED_IMAGES, exported_tiny_vit, local_server
+    from clip_triton.server import local_server
+    from tools.local_server import SHARED_IMAGES, exported_tiny_vit
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the overload phase")

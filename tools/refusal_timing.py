@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT / "tests"))
     from bad_inputs import decompression_bomb_png
     from crafted_inputs import oversized_element
-    from tools.local_server import SHARED_IMAGES, exported_tiny_vit, local_server
+    from clip_triton.server import local_server
+    from tools.local_server import SHARED_IMAGES, exported_tiny_vit
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=20)

@@ -145,7 +145,8 @@ def write_report(output: Path, samples: list[Sample], counters: Counters, result
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tools.local_server import SHARED_IMAGES, exported_tiny_vit, local_server
+    from clip_triton.server import local_server
+    from tools.local_server import SHARED_IMAGES, exported_tiny_vit
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=float(os.environ.get("SOAK_SECONDS", 600)))

@@ -22,6 +22,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 log = logging.getLogger("clip_triton.server")
 
@@ -344,3 +345,15 @@ class TritonServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def local_server(repository: Path, ready_timeout_s: float = 180.0, **options) -> Iterator[TritonServer]:
+    """A tritonserver on free 127.0.0.1 ports for tests and tools, stopped (by PID) whatever happens."""
+    server = TritonServer(ServerOptions(repository=repository, grpc_port=free_port(), http_port=free_port(),
+                                        metrics_port=free_port(), **options))
+    try:
+        server.start().wait_until_ready(ready_timeout_s)
+        yield server
+    finally:
+        server.stop()
