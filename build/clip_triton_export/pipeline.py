@@ -53,7 +53,7 @@ def export_repository(repository: Path, checkpoint: Path | None = None, random_i
 
 def calibration_pixels(folder: Path, resolution: int) -> np.ndarray:
     """OpenAI-preprocessed pixels of the images in `folder` (and their mirror images), for int8 calibration."""
-    from clip_triton.cli import find_images
+    from clip_triton.encode_command import find_images
     from clip_triton.transform import preprocess
 
     pixels = [preprocess(path.read_bytes(), resolution) for path in find_images([folder])]

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 from . import contract, encode_command
-from .encode_command import find_images  # noqa: F401  (the demo and older callers import it from here)
 from .errors import ClipError
 
 

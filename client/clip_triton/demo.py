@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from .cli import find_images
+from .encode_command import find_images
 from .client import ClipClient
 from .server import ServerOptions, TritonServer, free_port
 
