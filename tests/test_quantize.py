@@ -45,3 +45,20 @@ def test_int8_is_refused_where_it_does_not_apply(tmp_path: Path) -> None:
         export_repository(tmp_path, random_init="ViT-B/32", precision="int8", target="gpu")
     with pytest.raises(ValueError, match="int8 is an ONNX Runtime CPU variant"):
         export_repository(tmp_path, random_init="ViT-B/32", precision="int8", fmt="torchscript")
+
+
+@pytest.mark.parametrize("arch", ["ViT-B/32", "RN50"])
+def test_int8_with_fast_jpeg_decode_stays_within_cosine_0999_of_the_exact_fp32_path(arch: str, tmp_path: Path) -> None:
+    """The fastest phone-photo setup (int8 + fast JPEG decode) against OpenAI's exact transform + fp32 model."""
+    from test_transform import phone_photo
+
+    export_repository(tmp_path, random_init=arch, precision="int8")
+    loaded = load_source(None, arch)
+    photos = [phone_photo(name) for name in ("rocket.jpg", "chelsea.png", "hubble_deep_field.jpg")]
+    size = loaded.spec.image_resolution
+    exact = np.stack([preprocess(data, size) for data in photos])
+    fast = np.stack([preprocess(data, size, fast_jpeg=True) for data in photos])
+    with torch.no_grad():
+        reference = loaded.model(torch.from_numpy(exact)).numpy()
+    served_way = onnxruntime.InferenceSession(str(tmp_path / "clip_visual/1/model.onnx")).run(None, {"PIXEL_VALUES": fast})[0]
+    assert cosines(served_way, reference).min() >= 0.999
