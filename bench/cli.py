@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from clip_triton import contract
-from clip_triton.server import ServerOptions, TritonServer, free_port
+from clip_triton.server import ServerOptions, TritonServer
 from clip_triton.transform import preprocess
 
 from . import inprocess, machine, report, server_load
@@ -118,8 +118,7 @@ def run_server(args, repository: Path, workloads: dict[str, Workload], loaded, p
     args.work_dir.mkdir(parents=True, exist_ok=True)
     log_path = (args.work_dir / "tritonserver.log").resolve()
     log_path.unlink(missing_ok=True)
-    server = TritonServer(ServerOptions(repository=repository, grpc_port=free_port(), http_port=free_port(),
-                                        metrics_port=free_port()), log_path=log_path)
+    server = TritonServer(ServerOptions.on_free_ports(repository), log_path=log_path)
     try:
         server.start().wait_until_ready(300)
         say(f"server ready on {server.grpc_url} (pid {server.pid}); log {log_path}")

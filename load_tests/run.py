@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-from clip_triton.server import ServerOptions, TritonServer, free_port, is_loopback
+from clip_triton.server import ServerOptions, TritonServer, is_loopback
 
 from . import slo
 
@@ -56,8 +56,7 @@ def target_server(args: argparse.Namespace) -> Iterator[str]:
         repository = args.out / "repository"
         print(export_repository(repository, checkpoint=args.checkpoint,
                                 random_init=None if args.checkpoint else args.random_init), flush=True)
-    server = TritonServer(ServerOptions(repository=repository.resolve(), grpc_port=free_port(),
-                                        http_port=free_port(), metrics_port=free_port()),
+    server = TritonServer(ServerOptions.on_free_ports(repository.resolve()),
                           log_path=(args.out / "tritonserver.log").resolve())
     try:
         server.start().wait_until_ready(300)

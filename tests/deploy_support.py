@@ -20,7 +20,7 @@ from typing import Iterator
 import promql_parser
 import yaml
 
-from clip_triton.server import _environment, _prepare_backends, free_port, triton_home
+from clip_triton.server import _environment, _prepare_backends, free_ports, triton_home
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -155,7 +155,7 @@ def entrypoint_server(repository: Path, args: list[str] = (), **extra_env: str) 
     """Run start.py exactly as the image's ENTRYPOINT does; always stopped by PID (SIGTERM, then SIGKILL)."""
     workdir = Path(tempfile.mkdtemp(prefix="clip-triton-entrypoint-"))
     backends = _prepare_backends(triton_home(), workdir)
-    ports = {"HTTP_PORT": free_port(), "GRPC_PORT": free_port(), "METRICS_PORT": free_port()}
+    ports = dict(zip(("HTTP_PORT", "GRPC_PORT", "METRICS_PORT"), free_ports(3)))
     env = entrypoint_environment(repository, backends, ports, **extra_env)
     log = workdir / "tritonserver.log"
     with open(log, "wb") as log_file:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clip_triton.server import free_port
+from clip_triton.server import free_ports
 from conftest import GOLDEN, IMAGE_NAMES, IMAGES, assert_features_match, golden_features
 
 pytestmark = pytest.mark.server
@@ -47,7 +47,7 @@ def wait_ready(http_port: int, process: subprocess.Popen, timeout_s: float = 180
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
 def test_serve_binds_loopback_and_exits_cleanly_on_signal(vit_repository: Path, stop_signal: int) -> None:
-    ports = [free_port() for _ in range(3)]
+    ports = free_ports(3)
     process = subprocess.Popen(
         CLI + ["serve", "--repository", str(vit_repository), "--grpc-port", str(ports[0]),
                "--http-port", str(ports[1]), "--metrics-port", str(ports[2])],
@@ -71,9 +71,10 @@ def test_serve_binds_loopback_and_exits_cleanly_on_signal(vit_repository: Path, 
 def test_serve_exits_nonzero_on_a_broken_repository(tmp_path: Path) -> None:
     (tmp_path / "clip_visual").mkdir()
     (tmp_path / "clip_visual" / "config.pbtxt").write_text('name: "clip_visual"\nbackend: "python"\nthis is not pbtxt\n')
+    grpc_port, http_port, metrics_port = free_ports(3)
     result = subprocess.run(
-        CLI + ["serve", "--repository", str(tmp_path), "--grpc-port", str(free_port()),
-               "--http-port", str(free_port()), "--metrics-port", str(free_port())],
+        CLI + ["serve", "--repository", str(tmp_path), "--grpc-port", str(grpc_port),
+               "--http-port", str(http_port), "--metrics-port", str(metrics_port)],
         capture_output=True, text=True, timeout=180)
     assert result.returncode != 0
     assert "tritonserver exited during start-up" in result.stderr
@@ -124,7 +125,7 @@ def test_demo_says_plainly_that_weights_are_random(tmp_path: Path) -> None:
 
 def test_tritonserver_dies_with_a_killed_serve(vit_repository: Path) -> None:
     """Even SIGKILL of `serve` (no chance to clean up) leaves no orphaned tritonserver behind."""
-    ports = [free_port() for _ in range(3)]
+    ports = free_ports(3)
     process = subprocess.Popen(
         CLI + ["serve", "--repository", str(vit_repository), "--grpc-port", str(ports[0]),
                "--http-port", str(ports[1]), "--metrics-port", str(ports[2])],

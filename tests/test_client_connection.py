@@ -9,7 +9,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from clip_triton import AsyncClipClient, ClipClient, RequestFailedError, ServerUnavailableError
-from clip_triton.server import free_port
+from clip_triton.server import free_port, free_ports
 from client_support import distinct_images, golden_rows, image_paths, self_signed_certificate
 from conftest import IMAGE_NAMES, assert_features_match, running_server
 
@@ -88,7 +88,7 @@ def test_several_urls_with_one_down_fail_over(vit_server) -> None:
 
 
 def test_all_urls_down_is_one_clear_error() -> None:
-    urls = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    urls = [f"127.0.0.1:{port}" for port in free_ports(2)]
     with ClipClient(urls, retry_deadline=1.0) as client:
         with pytest.raises(ServerUnavailableError, match="Connection refused"):
             client.encode([b"x"])

@@ -11,14 +11,13 @@ import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from clip_triton import contract
 from clip_triton.client import ClipClient, ClipError
-from clip_triton.server import child_processes, free_port, requests_in_flight
+from clip_triton.server import child_processes, free_ports, requests_in_flight
 from conftest import IMAGE_NAMES, assert_features_match, export_golden, golden_features, image_bytes, running_server
 from test_cli import CLI, listening_addresses, wait_ready
 from test_server import infer
@@ -55,7 +54,7 @@ def test_stop_drains_in_flight_ensemble_requests(tmp_path: Path) -> None:
 
 
 def serve(repository: Path, *extra: str) -> tuple[subprocess.Popen, list[int]]:
-    ports = [free_port() for _ in range(3)]
+    ports = free_ports(3)
     process = subprocess.Popen(
         CLI + ["serve", "--repository", str(repository), "--grpc-port", str(ports[0]), "--http-port", str(ports[1]),
                "--metrics-port", str(ports[2]), *extra],

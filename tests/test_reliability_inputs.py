@@ -50,7 +50,7 @@ def test_each_hostile_input_is_refused_alone_with_its_reason(vit_server: TritonS
     stub = preprocess_stub(vit_server)
     error = refusal(vit_server.grpc_url, [image_bytes(GOOD), payload, image_bytes(GOOD)])
     assert error.status() == "StatusCode.INVALID_ARGUMENT", error
-    assert f"IMAGE[1]: " in error.message() and reason in error.message(), error.message()
+    assert "IMAGE[1]: " in error.message() and reason in error.message(), error.message()
     assert "IMAGE[0]" not in error.message() and "IMAGE[2]" not in error.message()
     assert vit_server.is_ready() and preprocess_stub(vit_server) == stub, "the stub must survive"
     assert_features_match(infer(vit_server.grpc_url, [image_bytes(GOOD)]), golden_features("tiny-vit-b32")[GOOD][None])

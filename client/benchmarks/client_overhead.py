@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.url:
             result = measure(args.url, paths, args.batch_size, args.concurrency, None)
         else:
-            from clip_triton.server import ServerOptions, TritonServer, free_port
+            from clip_triton.server import ServerOptions, TritonServer
 
             repository = args.repository
             if repository is None:
@@ -164,8 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                 repository = scratch / "repository"
                 print(export_repository(repository, checkpoint=args.checkpoint,
                                         random_init=None if args.checkpoint else args.random_init, target="cpu"))
-            options = ServerOptions(repository=repository.resolve(), grpc_port=free_port(), http_port=free_port(),
-                                    metrics_port=free_port())
+            options = ServerOptions.on_free_ports(repository.resolve())
             with TritonServer(options) as server:
                 result = measure(server.grpc_url, paths, args.batch_size, args.concurrency, server.pid)
     result["side"] = args.side

@@ -8,7 +8,7 @@ import numpy as np
 
 from .encode_command import find_images
 from .client import ClipClient
-from .server import ServerOptions, TritonServer, free_port
+from .server import ServerOptions, TritonServer
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -20,8 +20,7 @@ def run_demo(args: argparse.Namespace) -> int:
     if not paths:
         print(f"no images found under {', '.join(map(str, args.images))}", file=sys.stderr)
         return 1
-    options = ServerOptions(repository=args.repository.resolve(), grpc_port=free_port(),
-                            http_port=free_port(), metrics_port=free_port())
+    options = ServerOptions.on_free_ports(args.repository.resolve())
     with TritonServer(options) as server:
         print(f"\ntritonserver ready (pid {server.pid}) on gRPC {server.grpc_url}")
         with ClipClient(server.grpc_url) as client:

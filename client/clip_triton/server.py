@@ -60,6 +60,13 @@ class ServerOptions:
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"{name.replace('_', '-')}: no such file {path}")
 
+    @classmethod
+    def on_free_ports(cls, repository: Path, **options) -> "ServerOptions":
+        """Options with three distinct free loopback ports (tests, demo, benchmarks)."""
+        grpc_port, http_port, metrics_port = free_ports(3)
+        return cls(repository=repository, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port,
+                   **options)
+
     def command(self, binary: Path, backends: Path) -> list[str]:
         return [
             str(binary),
@@ -105,11 +112,22 @@ def is_loopback(host: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct TCP ports free on `host` right now.
+
+    All probe sockets stay open until every port is chosen: probing one port at a time can return the
+    same port twice (Triton then refuses to start: "cannot listen ... at the same address and port").
+    """
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for sock in sockets:
+            sock.bind((host, 0))
+        return [sock.getsockname()[1] for sock in sockets]
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on `host` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    """A TCP port that is free on `host` right now (for several at once, use `free_ports`)."""
+    return free_ports(1, host)[0]
 
 
 def requests_in_flight(metrics_url: str) -> int | None:
@@ -350,8 +368,7 @@ class TritonServer:
 @contextlib.contextmanager
 def local_server(repository: Path, ready_timeout_s: float = 180.0, **options) -> Iterator[TritonServer]:
     """A tritonserver on free 127.0.0.1 ports for tests and tools, stopped (by PID) whatever happens."""
-    server = TritonServer(ServerOptions(repository=repository, grpc_port=free_port(), http_port=free_port(),
-                                        metrics_port=free_port(), **options))
+    server = TritonServer(ServerOptions.on_free_ports(repository, **options))
     try:
         server.start().wait_until_ready(ready_timeout_s)
         yield server
