@@ -5,9 +5,13 @@ dynamic batch is concatenated and goes through the model in one call.
 """
 import json
 import os
+import sys
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from clip_executing_gauge import ExecutingGauge  # noqa: E402  (shipped beside this file)
 
 
 class TritonPythonModel:
@@ -16,7 +20,7 @@ class TritonPythonModel:
         parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         path = os.path.join(args["model_repository"], args["model_version"], parameters["artifact"])
         threads = int(parameters.get("intra_op_threads", "0"))
-        self.gauge_family, self.executing = executing_gauge(args)  # read by `clip-triton serve` to drain
+        self.executing = ExecutingGauge(args)  # read by `clip-triton serve` to drain before stopping
         if parameters["runtime"] == "onnxruntime":
             import onnxruntime
 
@@ -40,11 +44,8 @@ class TritonPythonModel:
             self.run = run
 
     def execute(self, requests):
-        self.executing.increment(len(requests))
-        try:
+        with self.executing.tracking(requests):
             return self._execute(requests)
-        finally:
-            self.executing.increment(-len(requests))
 
     def _execute(self, requests):
         batches = [pb_utils.get_input_tensor_by_name(r, "PIXEL_VALUES").as_numpy() for r in requests]
@@ -57,10 +58,3 @@ class TritonPythonModel:
             start += len(batch)
         return responses
 
-
-def executing_gauge(args):
-    """The `clip_triton_executing_requests` family and this instance's gauge (as in clip_preprocess)."""
-    family = pb_utils.MetricFamily(name="clip_triton_executing_requests",
-                                   description="Requests inside a model's execute() right now",
-                                   kind=pb_utils.MetricFamily.GAUGE)
-    return family, family.Metric(labels={"model": args["model_name"], "instance": args["model_instance_name"]})

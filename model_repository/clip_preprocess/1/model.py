@@ -12,7 +12,8 @@ import triton_python_backend_utils as pb_utils
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from clip_transform import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, preprocess_batch  # noqa: E402  (shipped beside this file)
+from clip_executing_gauge import ExecutingGauge  # noqa: E402  (shipped beside this file)
+from clip_transform import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, preprocess_batch  # noqa: E402  (likewise)
 
 
 class TritonPythonModel:
@@ -25,16 +26,11 @@ class TritonPythonModel:
         self.max_bytes = int(parameters.get("max_image_bytes", {}).get("string_value", DEFAULT_MAX_IMAGE_BYTES))
         self.fast_jpeg = parameters.get("fast_jpeg_decode", {}).get("string_value", "false") == "true"
         Image.MAX_IMAGE_PIXELS = None  # our own limit (checked before decoding) governs in this process
-        # Triton's pending-request gauge does not count executing requests; `clip-triton serve` adds this
-        # gauge to know when in-flight work has drained before it stops the server.
-        self.gauge_family, self.executing = executing_gauge(args)
+        self.executing = ExecutingGauge(args)  # read by `clip-triton serve` to drain before stopping
 
     def execute(self, requests):
-        self.executing.increment(len(requests))
-        try:
+        with self.executing.tracking(requests):
             return self._execute(requests)
-        finally:
-            self.executing.increment(-len(requests))
 
     def _execute(self, requests):
         images, counts = [], []
@@ -58,11 +54,3 @@ class TritonPythonModel:
             first += count
         return responses
 
-
-def executing_gauge(args):
-    """The `clip_triton_executing_requests` family and this instance's gauge (keep both alive: Triton
-    refuses to update a gauge whose family was garbage-collected)."""
-    family = pb_utils.MetricFamily(name="clip_triton_executing_requests",
-                                   description="Requests inside a model's execute() right now",
-                                   kind=pb_utils.MetricFamily.GAUGE)
-    return family, family.Metric(labels={"model": args["model_name"], "instance": args["model_instance_name"]})
