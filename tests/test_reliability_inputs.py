@@ -6,7 +6,6 @@ shared dynamic batch; this adds the rest of the list and a batch mixing everythi
 """
 from __future__ import annotations
 
-import concurrent.futures
 import subprocess
 import sys
 import textwrap
@@ -22,7 +21,7 @@ from clip_triton import contract
 from clip_triton.server import TritonServer
 from conftest import IMAGE_NAMES, ROOT, assert_features_match, export_golden, golden_features, image_bytes, running_server
 from crafted_inputs import animated, encode, frames, hostile_images
-from test_server import infer
+from test_server import infer, send_concurrently
 
 pytestmark = pytest.mark.server
 GOOD = "chelsea.png"
@@ -152,14 +151,7 @@ def test_a_batch_mixing_every_bad_input_with_good_images(tmp_path: Path) -> None
     items = items[::2] + items[1::2]
     expected = golden_features("tiny-vit-b32")
     with running_server(export_golden(tmp_path, "tiny-vit-b32", preprocess_queue_delay_us=500_000)) as server:
-        def send(item: tuple[str, bytes]):
-            try:
-                return item[0], infer(server.grpc_url, [item[1]]), None
-            except InferenceServerException as error:
-                return item[0], None, error
-
-        with concurrent.futures.ThreadPoolExecutor(len(items)) as pool:
-            results = list(pool.map(send, items))
+        results = send_concurrently(server.grpc_url, items)
         # The same mix as one multi-element request: every bad element named, no good one.
         together = refusal(server.grpc_url, [data for _, data in items]).message()
         client = grpcclient.InferenceServerClient(server.grpc_url)

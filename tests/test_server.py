@@ -28,6 +28,18 @@ def infer(url: str, blobs: list[bytes], model: str = contract.ENSEMBLE_MODEL) ->
         client.close()
 
 
+def send_concurrently(url: str, items: list[tuple[str, bytes]]) -> list[tuple[str, np.ndarray | None, Exception | None]]:
+    """Each (label, image) as its own single-image request, all at once: (label, features, error) each."""
+    def send(item: tuple[str, bytes]):
+        try:
+            return item[0], infer(url, [item[1]]), None
+        except InferenceServerException as error:
+            return item[0], None, error
+
+    with concurrent.futures.ThreadPoolExecutor(len(items)) as pool:
+        return list(pool.map(send, items))
+
+
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 @pytest.mark.parametrize("checkpoint", ["tiny-vit-b32", "tiny-rn"])
 def test_served_features_equal_openai_encode_image(checkpoint: str, fmt: str, tmp_path: Path) -> None:
@@ -62,14 +74,7 @@ def test_bad_images_fail_alone_in_a_shared_dynamic_batch(tmp_path: Path) -> None
     requests = requests[::2] + requests[1::2]  # interleave good and bad
     expected = golden_features("tiny-vit-b32")
     with running_server(repository) as server:
-        def send(item):
-            try:
-                return item[0], infer(server.grpc_url, [item[1]]), None
-            except InferenceServerException as error:
-                return item[0], None, error
-
-        with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
-            results = list(pool.map(send, requests))
+        results = send_concurrently(server.grpc_url, requests)
         client = grpcclient.InferenceServerClient(server.grpc_url)
         stats = client.get_inference_statistics(contract.PREPROCESS_MODEL, as_json=True)["model_stats"][0]
         assert client.is_server_ready() and client.is_model_ready(contract.ENSEMBLE_MODEL)
