@@ -8,23 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from pathlib import Path
-from typing import Any, AsyncIterator, Iterable, Mapping
+from typing import Any, AsyncIterator, Iterable
 
 import grpc
 import numpy as np
-import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
-from .connection import ConnectionOptions, Urls, as_path, as_urls
-from .core import (Call, ClientCore, EncodeOptions, ModelInfo, Sleep, Steps, T, check_images_argument,
+from .core import (Call, ClientBase, EncodeOptions, ModelInfo, Sleep, Steps, T, check_images_argument,
                    check_on_error, finalize, load_chunk, plan_chunks)
 from .errors import ClipError, ServerUnavailableError
 from .inputs import ImageInput
 from .progress import advance, progress_bar
 from .results import EncodeResult, l2_normalize
-from .retry import RetryPolicy, with_deadline
 
 
 async def invoke(client: Any, call: Call) -> Any:
@@ -37,7 +33,7 @@ async def invoke(client: Any, call: Call) -> Any:
         return InferenceServerException(msg=error.details(), status=str(error.code()))
 
 
-class AsyncClipClient:
+class AsyncClipClient(ClientBase):
     """The asyncio twin of ClipClient: same arguments, same results, same errors; methods are coroutines.
 
     >>> async with AsyncClipClient("127.0.0.1:8001") as client:
@@ -47,20 +43,8 @@ class AsyncClipClient:
     encode call) has read them from the server.
     """
 
-    def __init__(self, url: Urls = "127.0.0.1:8001", *, ssl: bool = False,
-                 root_certificates: str | Path | None = None, private_key: str | Path | None = None,
-                 certificate_chain: str | Path | None = None, headers: Mapping[str, str] | None = None,
-                 compression: str | None = None, keepalive: grpcclient.KeepAliveOptions | None = None,
-                 retry: RetryPolicy | None = None, retry_deadline: float | None = None,
-                 preprocess: str = "server"):
-        self.options = ConnectionOptions(
-            urls=as_urls(url), ssl=ssl, root_certificates=as_path(root_certificates),
-            private_key=as_path(private_key), certificate_chain=as_path(certificate_chain),
-            headers=dict(headers or {}), compression=compression, keepalive=keepalive,
-        )
-        self.core = ClientCore(self.options, with_deadline(retry or RetryPolicy(), retry_deadline))
-        self.preprocess = preprocess
-        self._clients: dict[str, aioclient.InferenceServerClient] | None = None
+    def _open_clients(self) -> dict[str, aioclient.InferenceServerClient] | None:
+        return None  # grpc.aio channels bind to the running loop: opened on first use, see _client
 
     # -- lifecycle --------------------------------------------------------------------------------
     def _client(self, url: str) -> aioclient.InferenceServerClient:

@@ -9,8 +9,7 @@ import collections
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator
 
 import grpc
 import numpy as np
@@ -18,14 +17,12 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from . import contract
-from .connection import ConnectionOptions, Urls, as_path, as_urls
-from .core import (Call, ClientCore, EncodeOptions, ModelInfo, Sleep, Steps, T, check_images_argument,
+from .core import (Call, ClientBase, EncodeOptions, ModelInfo, Sleep, Steps, T, check_images_argument,
                    check_on_error, finalize, load_chunk, plan_chunks)
 from .errors import ClipError, ServerUnavailableError
 from .inputs import ImageInput
 from .progress import advance, progress_bar
 from .results import EncodeResult, l2_normalize
-from .retry import RetryPolicy, with_deadline
 
 
 class _Cancelled(ClipError):
@@ -42,7 +39,7 @@ def invoke(client: Any, call: Call) -> Any:
         return InferenceServerException(msg=error.details(), status=str(error.code()))
 
 
-class ClipClient:
+class ClipClient(ClientBase):
     """A blocking client for a clip-triton server (or several: requests spread and fail over).
 
     >>> with ClipClient("127.0.0.1:8001") as client:
@@ -54,20 +51,8 @@ class ClipClient:
     (a RetryPolicy; `retry_deadline` overrides its total deadline in seconds).
     """
 
-    def __init__(self, url: Urls = "127.0.0.1:8001", *, ssl: bool = False,
-                 root_certificates: str | Path | None = None, private_key: str | Path | None = None,
-                 certificate_chain: str | Path | None = None, headers: Mapping[str, str] | None = None,
-                 compression: str | None = None, keepalive: grpcclient.KeepAliveOptions | None = None,
-                 retry: RetryPolicy | None = None, retry_deadline: float | None = None,
-                 preprocess: str = "server"):
-        self.options = ConnectionOptions(
-            urls=as_urls(url), ssl=ssl, root_certificates=as_path(root_certificates),
-            private_key=as_path(private_key), certificate_chain=as_path(certificate_chain),
-            headers=dict(headers or {}), compression=compression, keepalive=keepalive,
-        )
-        self.core = ClientCore(self.options, with_deadline(retry or RetryPolicy(), retry_deadline))
-        self.preprocess = preprocess
-        self._clients = {u: grpcclient.InferenceServerClient(**self.options.client_kwargs(u)) for u in self.options.urls}
+    def _open_clients(self) -> dict[str, grpcclient.InferenceServerClient]:
+        return {u: grpcclient.InferenceServerClient(**self.options.client_kwargs(u)) for u in self.options.urls}
 
     # -- lifecycle --------------------------------------------------------------------------------
     def close(self) -> None:

@@ -15,7 +15,8 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Generator, Iterable, Iterator, TypeVar, Union
+from pathlib import Path
+from typing import Any, Generator, Iterable, Iterator, Mapping, TypeVar, Union
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -23,11 +24,11 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from . import contract
-from .connection import ConnectionOptions, EndpointPool
+from .connection import ConnectionOptions, EndpointPool, Urls, as_path, as_urls
 from .errors import InvalidInputError, RequestFailedError
 from .inputs import UnreadableInput, describe, path_of, to_bytes
 from .results import EncodeResult, ImageFailure, assemble_chunk, l2_normalize
-from .retry import RetryPolicy, final_error, status_name
+from .retry import RetryPolicy, final_error, status_name, with_deadline
 from .transform import DEFAULT_MAX_IMAGE_PIXELS, preprocess_batch
 
 log = logging.getLogger("clip_triton.client")
@@ -377,3 +378,26 @@ def finalize(result: EncodeResult, on_error: str) -> np.ndarray:
     if result.failures and on_error == "raise":
         raise InvalidImageError(result)
     return result.features
+
+
+class ClientBase:
+    """The constructor ClipClient and AsyncClipClient share: connection options, retry policy, where
+    preprocessing runs. Each subclass opens its own transport in `_open_clients`."""
+
+    def __init__(self, url: Urls = "127.0.0.1:8001", *, ssl: bool = False,
+                 root_certificates: str | Path | None = None, private_key: str | Path | None = None,
+                 certificate_chain: str | Path | None = None, headers: Mapping[str, str] | None = None,
+                 compression: str | None = None, keepalive: grpcclient.KeepAliveOptions | None = None,
+                 retry: RetryPolicy | None = None, retry_deadline: float | None = None,
+                 preprocess: str = "server"):
+        self.options = ConnectionOptions(
+            urls=as_urls(url), ssl=ssl, root_certificates=as_path(root_certificates),
+            private_key=as_path(private_key), certificate_chain=as_path(certificate_chain),
+            headers=dict(headers or {}), compression=compression, keepalive=keepalive,
+        )
+        self.core = ClientCore(self.options, with_deadline(retry or RetryPolicy(), retry_deadline))
+        self.preprocess = preprocess
+        self._clients = self._open_clients()
+
+    def _open_clients(self) -> Any:
+        raise NotImplementedError
