@@ -6,7 +6,9 @@ float CHW -> Normalize(CLIP mean/std). This module performs the same Pillow call
 
 It is the one implementation of the transform: the server's `clip_preprocess` model ships a copy of
 this file, and the client imports it for `preprocess="client"`. It therefore depends on nothing but
-Pillow, numpy and the standard library, and must stay importable as a single file.
+Pillow, numpy and the standard library, and must stay importable as a single file. One optional
+accelerator: with `pyspng` installed, plain 8-bit PNGs are decoded by libspng (2-3x faster than
+Pillow's decoder). PNG is lossless, so the pixels are the same either way (the tests compare them).
 """
 from __future__ import annotations
 
@@ -17,8 +19,18 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+try:
+    import pyspng
+except ImportError:  # optional: Pillow decodes every PNG without it
+    pyspng = None
+
 CLIP_MEAN = np.array((0.48145466, 0.4578275, 0.40821073), dtype=np.float32)
 CLIP_STD = np.array((0.26862954, 0.26130258, 0.27577711), dtype=np.float32)
+# normalize() as a table: each channel's 256 possible results, computed with the very float32 operations
+# (x / 255 - mean) / std that torchvision's ToTensor + Normalize perform, so a lookup is bit-identical.
+_NORMALIZED = ((np.arange(256, dtype=np.float32)[:, None] / np.float32(255) - CLIP_MEAN) / CLIP_STD).T.copy()
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_FAST_MODES = {0: "L", 2: "RGB", 6: "RGBA"}  # 8-bit PNG colour types libspng hands over as they are
 DEFAULT_MAX_IMAGE_PIXELS = 2 * 89_478_485  # Pillow's own decompression-bomb error threshold
 DEFAULT_MAX_IMAGE_BYTES = 64 * 1024 * 1024  # far above any real photo file; bounds what one element may cost
 _SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
@@ -61,6 +73,29 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
             f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
         )
     return image
+
+
+def decode_png_fast(image: Image.Image, data: bytes) -> Image.Image:
+    """Decode a plain 8-bit grey/RGB/RGBA PNG with libspng, if installed; otherwise return `image` as is.
+
+    Only where libspng's output is by definition what Pillow would decode: 8 bits per sample, no palette,
+    no tRNS chunk (Pillow keeps that as transparency info). Anything else, or any error, is left to Pillow,
+    so refusals and their messages do not change.
+    """
+    if pyspng is None or image.format != "PNG" or len(data) < 33 or not data.startswith(_PNG_SIGNATURE):
+        return image
+    bit_depth, colour_type = data[24], data[25]
+    mode = _PNG_FAST_MODES.get(colour_type)
+    if bit_depth != 8 or mode != image.mode or "transparency" in image.info:
+        return image
+    try:
+        pixels = pyspng.load(data)
+    except Exception:  # truncated or corrupt: Pillow decodes it and says what is wrong
+        return image
+    expected = (image.height, image.width) + ((len(mode),) if len(mode) > 1 else ())
+    if pixels.dtype != np.uint8 or pixels.shape != expected:
+        return image
+    return Image.frombuffer(mode, image.size, np.ascontiguousarray(pixels), "raw", mode, 0, 1)
 
 
 def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
@@ -118,16 +153,19 @@ def resize_and_crop(image: Image.Image, size: int, max_pixels: int = DEFAULT_MAX
 def normalize(rgb: np.ndarray) -> np.ndarray:
     """HWC (or NHWC) uint8 -> CHW (or NCHW) float32, scaled to [0, 1] and normalized with CLIP's stats.
 
-    Vectorized over the whole batch: one pass of numpy, no per-image Python.
+    Vectorized over the whole batch: one table lookup per channel, straight into the CHW layout
+    (bit-identical to computing (x / 255 - mean) / std, and about 2.5x faster).
     """
-    pixels = rgb.astype(np.float32) / np.float32(255)
-    pixels = (pixels - CLIP_MEAN) / CLIP_STD
-    return np.ascontiguousarray(np.moveaxis(pixels, -1, -3))
+    pixels = np.empty(rgb.shape[:-3] + (3,) + rgb.shape[-3:-1], dtype=np.float32)
+    for channel in range(3):
+        np.take(_NORMALIZED[channel], rgb[..., channel], out=pixels[..., channel, :, :], mode="clip")
+    return pixels
 
 
 def preprocess(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, fast_jpeg: bool = False) -> np.ndarray:
     """One encoded image -> float32 [3, size, size], exactly OpenAI's `_transform(size)` unless `fast_jpeg`."""
-    return normalize(resize_and_crop(open_image(data, max_pixels), size, max_pixels, fast_jpeg))
+    image = decode_png_fast(open_image(data, max_pixels), data)
+    return normalize(resize_and_crop(image, size, max_pixels, fast_jpeg))
 
 
 def preprocess_batch(
@@ -142,7 +180,8 @@ def preprocess_batch(
     errors: dict[int, str] = {}
     for index, data in enumerate(images):
         try:
-            crops.append(resize_and_crop(open_image(data, max_pixels, max_bytes), size, max_pixels, fast_jpeg))
+            image = decode_png_fast(open_image(data, max_pixels, max_bytes), data)
+            crops.append(resize_and_crop(image, size, max_pixels, fast_jpeg))
         except ImageRejected as error:
             errors[index] = str(error)
     if not crops:
