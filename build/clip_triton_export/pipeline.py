@@ -8,7 +8,7 @@ import numpy as np
 from .architectures import named_architecture
 from .checkpoint import LoadedVisual, load_checkpoint, random_visual
 from .export import export_visual
-from .quantize import PRECISIONS, quantize_int8
+from .quantize import quantize_int8
 from .repository import RepositoryOptions, artifact_path, render_repository, write_repository
 
 
@@ -27,25 +27,25 @@ def export_repository(repository: Path, checkpoint: Path | None = None, random_i
                       seed: int = 0, configs_only: bool = False, precision: str = "fp32",
                       calibration_images: Path | None = None, **options) -> str:
     """Write the repository; returns a one-paragraph summary for people."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
-    if precision == "int8" and (options.get("fmt", "onnx") != "onnx" or options.get("target", "cpu") != "cpu"):
-        raise ValueError("--precision int8 is an ONNX Runtime CPU variant: use --format onnx --target cpu")
+    RepositoryOptions(precision=precision, **options)  # refuse bad options before loading any weights
     loaded = load_source(checkpoint, random_init, seed)
     weights = None if configs_only else f"{loaded.source}" + (f":{precision}" if precision != "fp32" else "")
-    repo_options = RepositoryOptions(weights=weights, **options)
+    repo_options = RepositoryOptions(weights=weights, precision=precision, **options)
     files = render_repository(loaded.spec, repo_options)
     write_repository(Path(repository), files)
     lines = [f"wrote {repository}: {len(files)} files ({repo_options.fmt}, target {repo_options.target})",
              f"  architecture: {loaded.spec}"]
     if not configs_only:
-        artifact = export_visual(loaded.model, loaded.spec, repo_options.fmt, artifact_path(Path(repository), repo_options))
+        artifact = artifact_path(Path(repository), repo_options)
         if precision == "int8":
-            fp32 = artifact.rename(artifact.with_suffix(".fp32.onnx"))
+            fp32 = export_visual(loaded.model, loaded.spec, "onnx", artifact.with_name("model.fp32.onnx"))
             pixels = calibration_pixels(calibration_images or SAMPLE_IMAGES, loaded.spec.image_resolution)
             quantize_int8(fp32, artifact, loaded.spec, pixels)
             fp32.unlink()
-        lines.append(f"  model: {artifact} ({precision}, {artifact.stat().st_size / 1e6:.1f} MB)")
+        else:
+            export_visual(loaded.model, loaded.spec, repo_options.fmt, artifact)
+        size = sum(path.stat().st_size for path in (artifact, artifact.with_suffix(".bin")) if path.exists())
+        lines.append(f"  model: {artifact} ({precision}, {size / 1e6:.1f} MB)")
     if loaded.random_weights and not configs_only:
         lines.append("  WEIGHTS ARE RANDOM (seeded): features are not meaningful; pass --checkpoint for real ones")
     return "\n".join(lines)

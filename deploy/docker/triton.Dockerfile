@@ -9,7 +9,10 @@ FROM ${TRITON_IMAGE}
 # numpy < 2: the 2.51 Python-backend stub returns empty tensors with numpy 2 (same pin as the `serve` extra).
 # Pillow 12.3.0: the newest release for Python 3.10; it reproduces ../shared/golden/pixels-224.npz exactly
 # (max abs diff 0 on every golden image, same as the Pillow 13 the tests use).
-RUN python3 -m pip install --no-cache-dir "numpy==1.26.4" "pillow==12.3.0"
+# pyspng: the faster, pixel-identical PNG decoder the preprocessing uses when present. openvino: not used
+# by the native backends (the image has its own OpenVINO backend); it is for a CPU-target repository,
+# whose clip_visual runs OpenVINO inside the Python backend. Both have cp310 manylinux_2_28 wheels.
+RUN python3 -m pip install --no-cache-dir "numpy==1.26.4" "pillow==12.3.0" "pyspng==0.1.4" "openvino==2026.4.1"
 
 # The entrypoint builds tritonserver's command line with the same code as `clip-triton serve`.
 COPY client/clip_triton/server.py /opt/clip-triton/clip_triton/server.py

@@ -1,4 +1,4 @@
-"""clip_visual on CPU: the exported encoder run by ONNX Runtime or TorchScript inside the Python backend.
+"""clip_visual on CPU: the exported encoder run by ONNX Runtime, OpenVINO (int8) or TorchScript inside the Python backend.
 
 Same inputs and outputs as the native onnxruntime/pytorch backends use on GPU. Every request of a
 dynamic batch is concatenated and goes through the model in one call.
@@ -30,6 +30,15 @@ class TritonPythonModel:
             options.add_session_config_entry("session.intra_op.allow_spinning", parameters.get("allow_spinning", "1"))
             session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
             self.run = lambda pixels: session.run(["EMBEDDING"], {"PIXEL_VALUES": pixels})[0]
+        elif parameters["runtime"] == "openvino":
+            import openvino
+
+            config = {"PERFORMANCE_HINT": "LATENCY"}  # one stream: a whole dynamic batch per call
+            if threads:
+                config["INFERENCE_NUM_THREADS"] = threads
+            request = openvino.Core().compile_model(path, "CPU", config).create_infer_request()
+            # The result is a view of OpenVINO's output buffer, which the next call overwrites: copy it out.
+            self.run = lambda pixels: request.infer({0: pixels})[0].copy()
         else:
             import torch
 
