@@ -97,11 +97,12 @@ def run_in_process(args, loaded, workloads: dict[str, Workload], artifact: Path,
             results["seed"][name][str(batch_size)] = measured
             say(f"seed's way, {name}, batch {batch_size}: {measured['images_per_s']:.2f} images/s")
     if artifact.is_file():
-        ceiling = inprocess.onnx_ceiling(artifact, pixels, args.batch_sizes, args.seconds / 2)
+        ceiling = inprocess.model_alone(artifact, pixels, args.batch_sizes, args.seconds / 2)
         results["ceiling"] = ceiling
-        say(f"ONNX Runtime alone: best {ceiling['best_images_per_s']:.2f} images/s at batch {ceiling['best_batch_size']}")
+        say(f"model alone ({ceiling['runtime'].split(',')[0]}): best {ceiling['best_images_per_s']:.2f} images/s "
+            f"at batch {ceiling['best_batch_size']}")
     else:
-        say(f"no ONNX artifact at {artifact}: the ceiling is not measured")
+        say(f"no ONNX or OpenVINO artifact in {artifact.parent}: the ceiling is not measured")
     return results
 
 
@@ -181,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     resolution = loaded.spec.image_resolution
     reference = workloads.get("small") or next(iter(workloads.values()))
     pixels = np.stack([preprocess(data, resolution) for _, data in reference.images])
-    artifact = repository / contract.VISUAL_MODEL / "1" / "model.onnx"
+    version_dir = repository / contract.VISUAL_MODEL / "1"
+    artifact = next((version_dir / name for name in ("model.onnx", "model.xml") if (version_dir / name).is_file()),
+                    version_dir / "model.onnx")
     results["settings"] = {
         "seconds": args.seconds, "warmup_s": args.warmup, "concurrency": args.concurrency,
         "ceiling_batch_sizes": args.batch_sizes, "seed_batch_sizes": args.seed_batch_sizes,
@@ -189,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     results["model"] = {"source": loaded.source, "architecture": str(loaded.spec),
                         "random_weights": loaded.random_weights,
-                        "onnx_mb": round(artifact.stat().st_size / 1e6, 1) if artifact.is_file() else None}
+                        "onnx_mb": round(sum(f.stat().st_size for f in (artifact, artifact.with_suffix(".bin")) if f.is_file()) / 1e6, 1)
+                        if artifact.is_file() else None}
     results["workloads"] = {name: w.summary() for name, w in workloads.items()}
     account = machine.cpu_account()
     results["in_process"] = run_in_process(args, loaded, workloads, artifact, pixels)

@@ -6,7 +6,8 @@
   pixels) feeding torch tensors to this project's visual module (OpenAI's architecture and numerics,
   verified against OpenAI's features), eager, fp32, under `torch.no_grad()`.
 - Preprocessing alone: the same transform, one image at a time, to show what decoding costs.
-- The ceiling: the exported ONNX model alone in ONNX Runtime, pixels precomputed, per batch size.
+- The ceiling: the exported model alone in its runtime (ONNX Runtime for model.onnx, OpenVINO for the
+  int8 model.xml, as the server runs them), pixels precomputed, per batch size.
 """
 from __future__ import annotations
 
@@ -58,24 +59,33 @@ def seed_way(model: nn.Module, workload: Workload, resolution: int, batch_size: 
     return result
 
 
-def onnx_ceiling(artifact: Path, pixels: np.ndarray, batch_sizes: Sequence[int], seconds: float) -> dict:
-    """The exported model alone in ONNX Runtime (default session options), for each batch size."""
-    import onnxruntime
+def model_alone(artifact: Path, pixels: np.ndarray, batch_sizes: Sequence[int], seconds: float) -> dict:
+    """The exported model alone, run the way clip_visual runs it, for each batch size."""
+    if artifact.suffix == ".xml":
+        import openvino
 
-    session = onnxruntime.InferenceSession(str(artifact), providers=["CPUExecutionProvider"])
-    input_name, output_name = session.get_inputs()[0].name, session.get_outputs()[0].name
+        request = openvino.Core().compile_model(str(artifact), "CPU", {"PERFORMANCE_HINT": "LATENCY"}).create_infer_request()
+        run = lambda batch: request.infer({0: batch})  # noqa: E731
+        runtime = f"OpenVINO {openvino.__version__} CPU, latency hint, options from the IR"
+    else:
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(artifact), providers=["CPUExecutionProvider"])
+        input_name, output_name = session.get_inputs()[0].name, session.get_outputs()[0].name
+        run = lambda batch: session.run([output_name], {input_name: batch})  # noqa: E731
+        runtime = f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider, default session options"
     by_batch = {}
     for batch_size in batch_sizes:
         batch = np.ascontiguousarray(np.resize(pixels, (batch_size, *pixels.shape[1:])), dtype=np.float32)
 
         def step(batch: np.ndarray = batch) -> int:
-            session.run([output_name], {input_name: batch})
+            run(batch)
             return len(batch)
 
         by_batch[str(batch_size)] = repeat_for(step, seconds)
     best = max(by_batch, key=lambda size: by_batch[size]["images_per_s"])
     return {
-        "runtime": f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider, default session options",
+        "runtime": runtime,
         "by_batch": by_batch, "best_batch_size": int(best), "best_images_per_s": by_batch[best]["images_per_s"],
         "batch1_latency_ms": by_batch["1"]["step_latency_ms"] if "1" in by_batch else None,
     }

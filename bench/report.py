@@ -87,8 +87,8 @@ def _method_section(results: dict) -> list[str]:
         "## What was measured",
         "",
         f"One run, one machine, one model: `{model['source']}` — {model['architecture']}, {weights}; "
-        f"ONNX artifact {_number(model['onnx_mb'])} MB. Each point runs {s['seconds']:g} s "
-        f"(preprocessing alone and the ONNX Runtime sweep {s['seconds'] / 2:g} s each) after a warm-up.",
+        f"model artifact {_number(model['onnx_mb'])} MB. Each point runs {s['seconds']:g} s "
+        f"(preprocessing alone and the model-alone sweep {s['seconds'] / 2:g} s each) after a warm-up.",
         "",
         "1. **The seed's way, in process**: OpenAI's `clip.load` + `model.encode_image` in PyTorch eager fp32. "
         "OpenAI's `clip` package cannot be imported here (its torchvision is a CUDA build), so it is reproduced "
@@ -96,9 +96,10 @@ def _method_section(results: dict) -> list[str]:
         "golden pixels) on each encoded image, `torch.stack`, and this project's visual module (OpenAI's "
         "architecture and numerics, verified against OpenAI's features) in eager fp32 under `torch.no_grad()`, "
         f"batches of {', '.join(str(b) for b in s['seed_batch_sizes'])}; torch's default thread count.",
-        "2. **The model alone**: the exported ONNX model in ONNX Runtime (CPU provider, default session options), "
+        "2. **The model alone**: the exported model in the runtime the server uses for it ("
+        f"{((results['in_process'].get('ceiling') or {}).get('runtime') or 'not measured')}), "
         f"in process, pixels precomputed, batch sizes {', '.join(str(b) for b in s['ceiling_batch_sizes'])}; "
-        "the best is the ceiling for anything that runs this model in fp32.",
+        "the best is the ceiling for anything that runs this model.",
         "3. **The server end to end**: a real Triton server on 127.0.0.1, encoded image files in over gRPC, "
         "features out, at each concurrency (closed loop: C clients, each with one single-image request in flight, "
         f"like perf_analyzer's `--concurrency-range`), after a {s['warmup_s']:g} s warm-up in which every client "
@@ -118,7 +119,7 @@ def _method_section(results: dict) -> list[str]:
 
 def _headline_section(results: dict, figures: dict) -> list[str]:
     lines = ["## Headline", "",
-             "| workload | seed's way b1 | seed's way b16 | model alone (ONNX RT) | server best | "
+             "| workload | seed's way b1 | seed's way b16 | model alone | server best | "
              "server / seed b16 | server / seed b1 | server / model alone | p50 at c=1 vs model alone b1 |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name in results["server"]["sweeps"]:

@@ -1,7 +1,8 @@
 """clip_visual on CPU: the exported encoder run by ONNX Runtime, OpenVINO (int8) or TorchScript inside the Python backend.
 
-Same inputs and outputs as the native onnxruntime/pytorch backends use on GPU. Every request of a
-dynamic batch is concatenated and goes through the model in one call.
+Same inputs and outputs as the native backends use in the Triton container. Every request of a dynamic
+batch is concatenated and goes through the model in one call (which clip_visual_runtime may split
+across cores; see there why).
 """
 import json
 import os
@@ -12,6 +13,7 @@ import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from clip_executing_gauge import ExecutingGauge  # noqa: E402  (shipped beside this file)
+from clip_visual_runtime import open_runner  # noqa: E402  (likewise)
 
 
 class TritonPythonModel:
@@ -19,38 +21,10 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         path = os.path.join(args["model_repository"], args["model_version"], parameters["artifact"])
-        threads = int(parameters.get("intra_op_threads", "0"))
         self.executing = ExecutingGauge(args)  # read by `clip-triton serve` to drain before stopping
-        if parameters["runtime"] == "onnxruntime":
-            import onnxruntime
-
-            options = onnxruntime.SessionOptions()
-            options.intra_op_num_threads = threads
-            # Spinning worker threads burn the cores the preprocessing model needs between batches.
-            options.add_session_config_entry("session.intra_op.allow_spinning", parameters.get("allow_spinning", "1"))
-            session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-            self.run = lambda pixels: session.run(["EMBEDDING"], {"PIXEL_VALUES": pixels})[0]
-        elif parameters["runtime"] == "openvino":
-            import openvino
-
-            config = {"PERFORMANCE_HINT": "LATENCY"}  # one stream: a whole dynamic batch per call
-            if threads:
-                config["INFERENCE_NUM_THREADS"] = threads
-            request = openvino.Core().compile_model(path, "CPU", config).create_infer_request()
-            # The result is a view of OpenVINO's output buffer, which the next call overwrites: copy it out.
-            self.run = lambda pixels: request.infer({0: pixels})[0].copy()
-        else:
-            import torch
-
-            if threads:
-                torch.set_num_threads(threads)
-            module = torch.jit.load(path, map_location="cpu").eval()
-
-            def run(pixels):
-                with torch.inference_mode():
-                    return module(torch.from_numpy(pixels)).numpy()
-
-            self.run = run
+        self.run = open_runner(parameters["runtime"], path, threads=int(parameters.get("intra_op_threads", "0")),
+                               spinning=parameters.get("allow_spinning", "1"),
+                               split_ways=int(parameters.get("split_ways", "0")))
 
     def execute(self, requests):
         with self.executing.tracking(requests):
@@ -67,3 +41,5 @@ class TritonPythonModel:
             start += len(batch)
         return responses
 
+    def finalize(self):
+        self.run.close()

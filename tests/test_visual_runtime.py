@@ -1,0 +1,79 @@
+"""The CPU target's model runners: splitting a batch across single-threaded runs changes no result."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clip_triton_export.architectures import named_architecture
+from clip_triton_export.repository import RepositoryOptions, model_configs
+from clip_triton_export.triton_models.visual_runtime import SplittingRunner, available_cores, open_runner
+from conftest import export_golden
+
+
+class Recorder:
+    """A fake model (features = per-image pixel sums) that records which thread ran which batch size."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, str]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        with self.lock:
+            self.calls.append((len(pixels), threading.current_thread().name))
+        return pixels.reshape(len(pixels), -1).sum(axis=1, keepdims=True)
+
+
+def test_a_batch_of_one_runs_whole_and_larger_batches_are_split_in_order() -> None:
+    whole, part = Recorder(), Recorder()
+    runner = SplittingRunner(whole, part, ways=2)
+    pixels = np.arange(7 * 3, dtype=np.float32).reshape(7, 3)
+    try:
+        assert runner(pixels[:1]).tolist() == [[3.0]]
+        assert whole.calls == [(1, threading.current_thread().name)] and part.calls == []
+        out = runner(pixels)
+    finally:
+        runner.close()
+    assert out.ravel().tolist() == pixels.sum(axis=1).tolist()  # parts come back in input order
+    assert sorted(size for size, _ in part.calls) == [3, 4]
+    assert all(name.startswith("clip-visual-part") for _, name in part.calls)
+
+
+def test_without_a_part_runner_nothing_is_split() -> None:
+    whole = Recorder()
+    runner = SplittingRunner(whole, None, ways=4)
+    runner(np.ones((5, 2), dtype=np.float32))
+    assert whole.calls == [(5, threading.current_thread().name)]
+
+
+@pytest.mark.parametrize("split_ways", [1, 2, 3])
+def test_onnxruntime_split_runs_give_the_whole_runs_features(tmp_path: Path, split_ways: int) -> None:
+    repository = export_golden(tmp_path, "tiny-vit-b32")
+    artifact = str(repository / "clip_visual/1/model.onnx")
+    pixels = np.random.default_rng(0).standard_normal((5, 3, 224, 224)).astype(np.float32)
+    reference = open_runner("onnxruntime", artifact, split_ways=1)
+    runner = open_runner("onnxruntime", artifact, split_ways=split_ways)
+    try:
+        assert (runner.pool is None) == (split_ways == 1)
+        np.testing.assert_allclose(runner(pixels), reference(pixels), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(runner(pixels[:1]), reference(pixels[:1]), rtol=1e-5, atol=1e-5)
+    finally:
+        runner.close()
+        reference.close()
+
+
+def test_cpu_defaults_split_fp32_but_not_int8_and_never_hold_requests() -> None:
+    spec = named_architecture("ViT-B/32")
+    fp32 = model_configs(spec, RepositoryOptions())
+    int8 = model_configs(spec, RepositoryOptions(precision="int8"))
+    assert fp32["clip_visual"].parameters["split_ways"].string_value == "0"  # one per core
+    assert int8["clip_visual"].parameters["split_ways"].string_value == "1"
+    for configs in (fp32, int8):
+        for name in ("clip_preprocess", "clip_visual"):
+            assert configs[name].dynamic_batching.max_queue_delay_microseconds == 0
+    gpu = model_configs(spec, RepositoryOptions(target="gpu"))
+    assert gpu["clip_visual"].dynamic_batching.max_queue_delay_microseconds == 1000
+    assert "split_ways" not in gpu["clip_visual"].parameters
+    assert available_cores() >= 1
