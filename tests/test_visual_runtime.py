@@ -26,18 +26,20 @@ class Recorder:
         return pixels.reshape(len(pixels), -1).sum(axis=1, keepdims=True)
 
 
-def test_a_batch_of_one_runs_whole_and_larger_batches_are_split_in_order() -> None:
+def test_small_batches_run_whole_and_larger_ones_are_split_in_order() -> None:
     whole, part = Recorder(), Recorder()
-    runner = SplittingRunner(whole, part, ways=2)
+    runner = SplittingRunner(whole, part, ways=3)
     pixels = np.arange(7 * 3, dtype=np.float32).reshape(7, 3)
+    me = threading.current_thread().name
     try:
         assert runner(pixels[:1]).tolist() == [[3.0]]
-        assert whole.calls == [(1, threading.current_thread().name)] and part.calls == []
+        assert runner(pixels[:3]).ravel().tolist() == pixels[:3].sum(axis=1).tolist()
+        assert whole.calls == [(1, me), (3, me)] and part.calls == []  # parts would be under MIN_PART
         out = runner(pixels)
     finally:
         runner.close()
     assert out.ravel().tolist() == pixels.sum(axis=1).tolist()  # parts come back in input order
-    assert sorted(size for size, _ in part.calls) == [3, 4]
+    assert sorted(size for size, _ in part.calls) == [2, 2, 3]
     assert all(name.startswith("clip-visual-part") for _, name in part.calls)
 
 

@@ -7,9 +7,11 @@ spreads one batch over all cores synchronises its threads after every layer, so 
 scheduler lends one core to preprocessing, the other threads wait at that barrier. Measured on our
 2-core VM with a process taking 30 % of one core: one 2-thread fp32 ViT-B/32 session fell to 24.0
 images/s, while two 1-thread runs of half the batch each, side by side, kept 25.6 (the ideal being
-26.5). So a batch of two or more is split into `split_ways` parts that run concurrently on
-single-threaded runners (no barrier between them), and a batch of one, where latency is all that
-counts, runs on the runner that uses every core. Cost: the model is held twice in memory.
+26.5). So a batch is split into up to `split_ways` parts of at least MIN_PART images that run
+concurrently on single-threaded runners (no barrier between them); smaller batches, where latency is
+what counts and the server is not busy, run on the runner that uses every core. (Splitting a batch
+of 2 into two single-image runs made concurrency 2 slower than concurrency 1.) Cost: the model is
+held twice in memory.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from typing import Callable
 import numpy as np
 
 Run = Callable[[np.ndarray], np.ndarray]
+MIN_PART = 2
 
 
 def available_cores() -> int:
@@ -28,16 +31,18 @@ def available_cores() -> int:
 
 
 class SplittingRunner:
-    """Batch of 1 -> `whole` (all threads); batch of N >= 2 -> up to `ways` parts run concurrently by `part`."""
+    """Batches under 2 * MIN_PART -> `whole` (all threads); larger ones -> up to `ways` parts of at least
+    MIN_PART images, run concurrently by `part`."""
 
     def __init__(self, whole: Run, part: Run | None, ways: int):
         self.whole, self.part, self.ways = whole, part, ways if part is not None else 1
         self.pool = ThreadPoolExecutor(self.ways, thread_name_prefix="clip-visual-part") if self.ways > 1 else None
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        if self.pool is None or len(pixels) < 2:
+        ways = min(self.ways, len(pixels) // MIN_PART)
+        if self.pool is None or ways < 2:
             return self.whole(pixels)
-        parts = np.array_split(pixels, min(self.ways, len(pixels)))
+        parts = np.array_split(pixels, ways)
         return np.concatenate(list(self.pool.map(self.part, parts)))
 
     def close(self) -> None:
