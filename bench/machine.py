@@ -10,7 +10,8 @@ from pathlib import Path
 # The instruction-set extensions that decide CPU inference speed, in the order people look for them.
 NOTABLE_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
                  "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "avx_vnni")
-PACKAGES = ("torch", "onnxruntime", "numpy", "pillow", "tritonclient", "nvidia-pytriton", "grpcio", "locust")
+PACKAGES = ("torch", "onnxruntime", "openvino", "numpy", "pillow", "pyspng", "tritonclient", "nvidia-pytriton", "grpcio",
+            "locust")
 
 
 def _cpuinfo() -> dict[str, str]:
