@@ -55,8 +55,9 @@ class RepositoryOptions:
     visual_instances: int | None = None
     visual_threads: int = 0  # intra-op threads for the CPU target's runtime; 0 = the runtime's default
     visual_spinning: bool = True  # ONNX Runtime's idle worker threads spin (its default) or sleep
-    # CPU target: split batches of 2+ into this many single-threaded runs side by side (visual_runtime.py
-    # says why); 0 = one per core the server may use, 1 = never split (holds the model once, not twice).
+    # CPU target: split a batch into up to this many single-threaded runs side by side, each of at least 2
+    # images (visual_runtime.py says why); 0 = one per core the server may use, 1 = never split (holds
+    # the model once, not twice).
     # None: 0 for ONNX Runtime (fp32: +8 % at concurrency 32), 1 for OpenVINO (int8: no gain measured).
     visual_split_ways: int | None = None
     max_image_pixels: int = transform.DEFAULT_MAX_IMAGE_PIXELS
