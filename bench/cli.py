@@ -17,6 +17,7 @@ import numpy as np
 from clip_triton import contract
 from clip_triton.server import ServerOptions, TritonServer
 from clip_triton.transform import preprocess
+from clip_triton_export.repository import artifact_bytes
 
 from . import inprocess, machine, report, server_load
 from .workloads import Workload, phone_photos, small_photos
@@ -192,8 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     results["model"] = {"source": loaded.source, "architecture": str(loaded.spec),
                         "random_weights": loaded.random_weights,
-                        "onnx_mb": round(sum(f.stat().st_size for f in (artifact, artifact.with_suffix(".bin")) if f.is_file()) / 1e6, 1)
-                        if artifact.is_file() else None}
+                        "onnx_mb": round(artifact_bytes(artifact) / 1e6, 1) if artifact.is_file() else None}
     results["workloads"] = {name: w.summary() for name, w in workloads.items()}
     account = machine.cpu_account()
     results["in_process"] = run_in_process(args, loaded, workloads, artifact, pixels)

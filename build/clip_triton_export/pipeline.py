@@ -9,7 +9,7 @@ from .architectures import named_architecture
 from .checkpoint import LoadedVisual, load_checkpoint, random_visual
 from .export import export_visual
 from .quantize import quantize_int8
-from .repository import RepositoryOptions, artifact_path, render_repository, write_repository
+from .repository import RepositoryOptions, artifact_bytes, artifact_path, render_repository, write_repository
 
 
 def load_source(checkpoint: Path | None, random_init: str | None, seed: int = 0) -> LoadedVisual:
@@ -44,8 +44,7 @@ def export_repository(repository: Path, checkpoint: Path | None = None, random_i
             fp32.unlink()
         else:
             export_visual(loaded.model, loaded.spec, repo_options.fmt, artifact)
-        size = sum(path.stat().st_size for path in (artifact, artifact.with_suffix(".bin")) if path.exists())
-        lines.append(f"  model: {artifact} ({precision}, {size / 1e6:.1f} MB)")
+        lines.append(f"  model: {artifact} ({precision}, {artifact_bytes(artifact) / 1e6:.1f} MB)")
     if loaded.random_weights and not configs_only:
         lines.append("  WEIGHTS ARE RANDOM (seeded): features are not meaningful; pass --checkpoint for real ones")
     return "\n".join(lines)

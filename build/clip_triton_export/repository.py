@@ -184,6 +184,11 @@ def artifact_path(repository: Path, options: RepositoryOptions) -> Path:
     return repository / contract.VISUAL_MODEL / "1" / artifact_name(options)
 
 
+def artifact_bytes(artifact: Path) -> int:
+    """The model's size on disk: the file, plus the weights file beside an OpenVINO IR."""
+    return sum(path.stat().st_size for path in (artifact, artifact.with_suffix(".bin")) if path.is_file())
+
+
 def write_repository(repository: Path, files: dict[str, bytes]) -> None:
     """Replace our three model directories (other models in a shared repository are left alone)."""
     for model in (contract.PREPROCESS_MODEL, contract.VISUAL_MODEL, contract.ENSEMBLE_MODEL):
