@@ -21,7 +21,7 @@ from clip_triton import contract
 from clip_triton.server import TritonServer
 from conftest import IMAGE_NAMES, ROOT, assert_features_match, export_golden, golden_features, image_bytes, running_server
 from crafted_inputs import animated, encode, frames, hostile_images
-from test_server import infer, send_concurrently
+from test_server import assert_good_served_and_bad_refused, infer, interleaved_good_and_bad, send_concurrently
 
 pytestmark = pytest.mark.server
 GOOD = "chelsea.png"
@@ -147,8 +147,7 @@ def test_a_batch_mixing_every_bad_input_with_good_images(tmp_path: Path) -> None
     """Every kind of bad input, one per request, gathered into the same dynamic batches as the good images."""
     bad = {**bad_images(), **hostile_images()}
     good = {name: image_bytes(name) for name in IMAGE_NAMES}
-    items = [(f"good:{n}", data) for n, data in good.items()] + [(f"bad:{n}", data) for n, (data, _) in bad.items()]
-    items = items[::2] + items[1::2]
+    items = interleaved_good_and_bad(good, bad)
     expected = golden_features("tiny-vit-b32")
     with running_server(export_golden(tmp_path, "tiny-vit-b32", preprocess_queue_delay_us=500_000)) as server:
         results = send_concurrently(server.grpc_url, items)
@@ -160,13 +159,6 @@ def test_a_batch_mixing_every_bad_input_with_good_images(tmp_path: Path) -> None
         assert server.is_ready()
 
     assert int(stats["execution_count"]) < len(items) + 1, "requests were not batched together"
-    for label, features, error in results:
-        kind, name = label.split(":", 1)
-        if kind == "good":
-            assert error is None, (name, error)
-            assert_features_match(features, expected[name][None])
-        else:
-            assert features is None, f"{name} received a feature vector"
-            assert error.status() == "StatusCode.INVALID_ARGUMENT" and bad[name][1] in error.message(), (name, error)
+    assert_good_served_and_bad_refused(results, bad, expected)
     for index, (label, _) in enumerate(items):
         assert (f"IMAGE[{index}]: " in together) == label.startswith("bad:"), (index, label)

@@ -40,6 +40,25 @@ def send_concurrently(url: str, items: list[tuple[str, bytes]]) -> list[tuple[st
         return list(pool.map(send, items))
 
 
+def interleaved_good_and_bad(good: dict[str, bytes], bad: dict[str, tuple[bytes, str]]) -> list[tuple[str, bytes]]:
+    """("good:<name>" / "bad:<name>", image) items, good and bad alternating, for one shared dynamic batch."""
+    items = [(f"good:{n}", data) for n, data in good.items()] + [(f"bad:{n}", data) for n, (data, _) in bad.items()]
+    return items[::2] + items[1::2]
+
+
+def assert_good_served_and_bad_refused(results, bad: dict[str, tuple[bytes, str]], expected: dict[str, np.ndarray]) -> None:
+    """Every good image got OpenAI's features; every bad one got INVALID_ARGUMENT with its reason, and no features."""
+    for label, features, error in results:
+        kind, name = label.split(":", 1)
+        if kind == "good":
+            assert error is None, (name, error)
+            assert_features_match(features, expected[name][None])
+        else:
+            assert features is None, f"{name} received a feature vector"
+            assert error.status() == "StatusCode.INVALID_ARGUMENT", (name, error)
+            assert bad[name][1] in error.message(), (name, error.message())
+
+
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 @pytest.mark.parametrize("checkpoint", ["tiny-vit-b32", "tiny-rn"])
 def test_served_features_equal_openai_encode_image(checkpoint: str, fmt: str, tmp_path: Path) -> None:
@@ -70,8 +89,7 @@ def test_bad_images_fail_alone_in_a_shared_dynamic_batch(tmp_path: Path) -> None
     repository = export_golden(tmp_path, "tiny-vit-b32", preprocess_queue_delay_us=300_000)
     bad = bad_images()
     good = {name: image_bytes(name) for name in IMAGE_NAMES}
-    requests = [(f"good:{n}", data) for n, data in good.items()] + [(f"bad:{n}", data) for n, (data, _) in bad.items()]
-    requests = requests[::2] + requests[1::2]  # interleave good and bad
+    requests = interleaved_good_and_bad(good, bad)
     expected = golden_features("tiny-vit-b32")
     with running_server(repository) as server:
         results = send_concurrently(server.grpc_url, requests)
@@ -82,16 +100,8 @@ def test_bad_images_fail_alone_in_a_shared_dynamic_batch(tmp_path: Path) -> None
         client.close()
 
     assert int(stats["execution_count"]) < len(requests), "requests were not batched together"
-    for label, features, error in results:
-        kind, name = label.split(":", 1)
-        if kind == "good":
-            assert error is None, (name, error)
-            assert_features_match(features, expected[name][None])
-        else:
-            assert features is None, f"{name} received a feature vector"
-            assert error.status() == "StatusCode.INVALID_ARGUMENT", (name, error)
-            assert bad[name][1] in error.message(), (name, error.message())
-            assert "IMAGE[0]" in error.message()
+    assert_good_served_and_bad_refused(results, bad, expected)
+    assert all("IMAGE[0]" in error.message() for _, _, error in results if error is not None)
     assert_features_match(after, expected["chelsea.png"][None])
 
 
