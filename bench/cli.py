@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as pb
 
 from clip_triton import contract
 from clip_triton.server import ServerOptions, TritonServer
@@ -98,13 +100,20 @@ def run_in_process(args, loaded, workloads: dict[str, Workload], artifact: Path,
             results["seed"][name][str(batch_size)] = measured
             say(f"seed's way, {name}, batch {batch_size}: {measured['images_per_s']:.2f} images/s")
     if artifact.is_file():
-        ceiling = inprocess.model_alone(artifact, pixels, args.batch_sizes, args.seconds / 2)
+        ceiling = inprocess.model_alone(artifact, visual_parameters(artifact.parent.parent), pixels,
+                                        args.batch_sizes, args.seconds / 2)
         results["ceiling"] = ceiling
         say(f"model alone ({ceiling['runtime'].split(',')[0]}): best {ceiling['best_images_per_s']:.2f} images/s "
             f"at batch {ceiling['best_batch_size']}")
     else:
         say(f"no ONNX or OpenVINO artifact in {artifact.parent}: the ceiling is not measured")
     return results
+
+
+def visual_parameters(model_dir: Path) -> dict[str, str]:
+    """clip_visual's config parameters (its runtime and thread settings), as written by the exporter."""
+    config = text_format.Parse((model_dir / "config.pbtxt").read_text(), pb.ModelConfig())
+    return {key: value.string_value for key, value in config.parameters.items()}
 
 
 def feature_check(url: str, workload: Workload, loaded, pixels: np.ndarray) -> dict:

@@ -6,20 +6,21 @@
   pixels) feeding torch tensors to this project's visual module (OpenAI's architecture and numerics,
   verified against OpenAI's features), eager, fp32, under `torch.no_grad()`.
 - Preprocessing alone: the same transform, one image at a time, to show what decoding costs.
-- The ceiling: the exported model alone in its runtime (ONNX Runtime for model.onnx, OpenVINO for the
-  int8 model.xml, as the server runs them), pixels precomputed, per batch size.
+- The ceiling: the exported model alone in the runtime the server runs it in (clip_visual's
+  `runtime` parameter: OpenVINO or ONNX Runtime), pixels precomputed, per batch size.
 """
 from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from clip_triton.transform import preprocess
+from clip_triton_export.triton_models.visual_runtime import open_runner
 
 from .timing import repeat_for
 from .workloads import Workload
@@ -59,36 +60,44 @@ def seed_way(model: nn.Module, workload: Workload, resolution: int, batch_size: 
     return result
 
 
-def model_alone(artifact: Path, pixels: np.ndarray, batch_sizes: Sequence[int], seconds: float) -> dict:
-    """The exported model alone, run the way clip_visual runs it, for each batch size."""
-    if artifact.suffix == ".xml":
-        import openvino
+def model_alone(artifact: Path, parameters: Mapping[str, str], pixels: np.ndarray, batch_sizes: Sequence[int],
+                seconds: float) -> dict:
+    """The exported model alone, in the runtime clip_visual runs it in, for each batch size.
 
-        request = openvino.Core().compile_model(str(artifact), "CPU", {"PERFORMANCE_HINT": "LATENCY"}).create_infer_request()
-        run = lambda batch: request.infer({0: batch})  # noqa: E731
-        runtime = f"OpenVINO {openvino.__version__} CPU, latency hint, options from the IR"
-    else:
-        import onnxruntime
-
-        session = onnxruntime.InferenceSession(str(artifact), providers=["CPUExecutionProvider"])
-        input_name, output_name = session.get_inputs()[0].name, session.get_outputs()[0].name
-        run = lambda batch: session.run([output_name], {input_name: batch})  # noqa: E731
-        runtime = f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider, default session options"
+    `parameters` are clip_visual's config parameters. The runner is clip_visual's own (visual_runtime.py)
+    with its thread settings but unsplit, every thread on one batch: the runtime's best for a single
+    caller, which is what "the model alone" means.
+    """
+    name = parameters.get("runtime", "onnxruntime")
+    run = open_runner(name, str(artifact), threads=int(parameters.get("intra_op_threads", "0")),
+                      spinning=parameters.get("allow_spinning", "1"), split_ways=1)
+    runtime = f"{_RUNTIME_NAMES[name]} {_version(name)}, CPU, clip_visual's runner unsplit"
     by_batch = {}
-    for batch_size in batch_sizes:
-        batch = np.ascontiguousarray(np.resize(pixels, (batch_size, *pixels.shape[1:])), dtype=np.float32)
+    try:
+        for batch_size in batch_sizes:
+            batch = np.ascontiguousarray(np.resize(pixels, (batch_size, *pixels.shape[1:])), dtype=np.float32)
 
-        def step(batch: np.ndarray = batch) -> int:
-            run(batch)
-            return len(batch)
+            def step(batch: np.ndarray = batch) -> int:
+                run(batch)
+                return len(batch)
 
-        by_batch[str(batch_size)] = repeat_for(step, seconds)
+            by_batch[str(batch_size)] = repeat_for(step, seconds)
+    finally:
+        run.close()
     best = max(by_batch, key=lambda size: by_batch[size]["images_per_s"])
     return {
         "runtime": runtime,
         "by_batch": by_batch, "best_batch_size": int(best), "best_images_per_s": by_batch[best]["images_per_s"],
         "batch1_latency_ms": by_batch["1"]["step_latency_ms"] if "1" in by_batch else None,
     }
+
+
+_RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "torchscript": "torch (TorchScript)"}
+
+
+def _version(runtime: str) -> str:
+    module = __import__({"torchscript": "torch"}.get(runtime, runtime))
+    return module.__version__
 
 
 def reference_features(model: nn.Module, pixels: np.ndarray) -> np.ndarray:

@@ -57,7 +57,9 @@ def test_every_config_parses_and_follows_the_contract(fmt: str, target: str, arc
         assert f"{contract.VISUAL_MODEL}/1/model.py" not in files
     else:
         assert visual.backend == "python" and visual.instance_group[0].kind == pb.ModelInstanceGroup.KIND_CPU
-        assert visual.parameters["runtime"].string_value == {"onnx": "onnxruntime", "torchscript": "torchscript"}[fmt]
+        expected_runtime = {"onnx": "openvino" if spec.family == "VisionTransformer" else "onnxruntime",
+                            "torchscript": "torchscript"}[fmt]
+        assert visual.parameters["runtime"].string_value == expected_runtime
         assert f"{contract.VISUAL_MODEL}/1/model.py" in files
 
 

@@ -1,4 +1,4 @@
-"""clip_visual on CPU: the exported encoder run by ONNX Runtime, OpenVINO (int8) or TorchScript inside the Python backend.
+"""clip_visual on CPU: the exported encoder run by OpenVINO, ONNX Runtime or torch (TorchScript) inside the Python backend.
 
 Same inputs and outputs as the native backends use in the Triton container. Every request of a dynamic
 batch is concatenated and goes through the model in one call (which clip_visual_runtime may split
