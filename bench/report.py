@@ -79,6 +79,13 @@ def _machine_section(results: dict) -> list[str]:
     ]
 
 
+def _rounds_note(rounds: int) -> str:
+    if rounds <= 1:
+        return ""
+    return (f"; measured in {rounds} rounds, batch sizes interleaved, and the median round is used everywhere "
+            "(one run of it varies by several per cent on a small VM; every round is listed under In process)")
+
+
 def _method_section(results: dict) -> list[str]:
     s, model = results["settings"], results["model"]
     weights = ("seeded **random** weights (no checkpoint can be downloaded here; speed does not depend on the "
@@ -95,7 +102,8 @@ def _method_section(results: dict) -> list[str]:
         "honestly: `clip_triton.transform` (the same Pillow calls as OpenAI's transform, bit-identical on the "
         "golden pixels) on each encoded image, `torch.stack`, and this project's visual module (OpenAI's "
         "architecture and numerics, verified against OpenAI's features) in eager fp32 under `torch.no_grad()`, "
-        f"batches of {', '.join(str(b) for b in s['seed_batch_sizes'])}; torch's default thread count.",
+        f"batches of {', '.join(str(b) for b in s['seed_batch_sizes'])}; torch's default thread count"
+        f"{_rounds_note(s.get('seed_rounds', 1))}.",
         "2. **The model alone**: the exported model in the runtime the server uses for it ("
         f"{((results['in_process'].get('ceiling') or {}).get('runtime') or 'not measured')}), "
         f"in process, pixels precomputed, batch sizes {', '.join(str(b) for b in s['ceiling_batch_sizes'])}; "
@@ -192,8 +200,10 @@ def _in_process_section(results: dict) -> list[str]:
                      f"| {measured['step_latency_ms']['p50']:.1f} | {measured['steps']} |")
     for name, by_batch in data["seed"].items():
         for batch, measured in by_batch.items():
-            lines.append(f"| seed's way (preprocess + eager fp32) | {name} | {batch} | {measured['images_per_s']:.2f} "
-                         f"| {measured['step_latency_ms']['p50']:.1f} | {measured['steps']} |")
+            rounds = measured.get("rounds_images_per_s", [])
+            spread = f" (rounds: {', '.join(f'{value:.2f}' for value in rounds)})" if len(rounds) > 1 else ""
+            lines.append(f"| seed's way (preprocess + eager fp32) | {name} | {batch} | {measured['images_per_s']:.2f}"
+                         f"{spread} | {measured['step_latency_ms']['p50']:.1f} | {measured['steps']} |")
     ceiling = data.get("ceiling")
     if ceiling:
         for batch, measured in ceiling["by_batch"].items():

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from bench import compare, report, triton_stats
+from bench.cli import median_round
 from bench.workloads import PHONE_SIZE, phone_photo
 from conftest import GOLDEN, IMAGES, ROOT
 
@@ -24,6 +25,7 @@ def test_bench_smoke_run_writes_a_complete_report(tmp_path: Path) -> None:
     completed = subprocess.run(
         [sys.executable, "-m", "bench", "--checkpoint", str(GOLDEN / "tiny-vit-b32.pt"), "--seconds", "0.3",
          "--warmup", "0", "--concurrency", "1,3", "--batch-sizes", "1,2", "--seed-batch-sizes", "1,2",
+         "--seed-rounds", "2",
          "--max-images", "2", "--work-dir", str(tmp_path / "work"), "--report-dir", str(report_dir),
          "--label", "smoke"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
@@ -42,6 +44,8 @@ def test_bench_smoke_run_writes_a_complete_report(tmp_path: Path) -> None:
                 stats = level["server_stats"][stage]
                 assert stats["executions"] > 0 and stats["avg_batch_size"] >= 1.0, (name, stage, stats)
         assert set(results["in_process"]["seed"][name]) == {"1", "2"}
+        for measured in results["in_process"]["seed"][name].values():
+            assert measured["images_per_s"] == min(measured["rounds_images_per_s"])  # lower middle of two
     assert results["workloads"]["phone"]["images"][0]["width"] == PHONE_SIZE[0]
     assert set(results["in_process"]["ceiling"]["by_batch"]) == {"1", "2"}
     assert results["headline"]["small"]["server_over_seed_batch1"] > 0
@@ -100,3 +104,10 @@ def test_headline_ratios_compare_server_with_in_process() -> None:
     assert figures["server_over_seed_batch16"] == 1.5
     assert figures["server_over_seed_batch1"] == 2.0
     assert figures["p50_at_concurrency_1_over_model_alone_batch1"] == pytest.approx(40 / 35, abs=1e-3)
+
+
+def test_median_round_is_reported_with_every_round_in_measuring_order() -> None:
+    rounds = [{"images_per_s": value, "steps": steps} for value, steps in ((20.4, 11), (23.2, 12), (20.9, 12))]
+    chosen = median_round(rounds)
+    assert chosen["images_per_s"] == 20.9 and chosen["steps"] == 12
+    assert chosen["rounds_images_per_s"] == [20.4, 23.2, 20.9]
