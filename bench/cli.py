@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per concurrency level")
     parser.add_argument("--concurrency", type=_integers, default=[1, 2, 4, 8, 16, 32, 64])
     parser.add_argument("--batch-sizes", type=_integers, default=[1, 2, 4, 8, 16, 32],
-                        help="batch sizes for the ONNX Runtime ceiling")
+                        help="batch sizes for the model-alone ceiling")
     parser.add_argument("--seed-batch-sizes", type=_integers, default=[1, 16], help="batch sizes for the seed's way")
     parser.add_argument("--seed-rounds", type=int, default=3,
                         help="measure the seed's way this many times, batch sizes interleaved, and report the "

@@ -10,7 +10,6 @@ import pytest
 from clip_triton_export.architectures import named_architecture
 from clip_triton_export.repository import RepositoryOptions, model_configs
 from clip_triton_export.triton_models.visual_runtime import SplittingRunner, available_cores, open_runner
-from conftest import export_golden
 
 
 class Recorder:
@@ -50,13 +49,17 @@ def test_without_a_part_runner_nothing_is_split() -> None:
     assert whole.calls == [(5, threading.current_thread().name)]
 
 
+@pytest.fixture(scope="module")
+def vit_onnx(vit_repository: Path) -> str:
+    """The tiny golden ViT's exported model.onnx (the session's shared export)."""
+    return str(vit_repository / "clip_visual/1/model.onnx")
+
+
 @pytest.mark.parametrize("split_ways", [1, 2, 3])
-def test_onnxruntime_split_runs_give_the_whole_runs_features(tmp_path: Path, split_ways: int) -> None:
-    repository = export_golden(tmp_path, "tiny-vit-b32")
-    artifact = str(repository / "clip_visual/1/model.onnx")
+def test_onnxruntime_split_runs_give_the_whole_runs_features(vit_onnx: str, split_ways: int) -> None:
     pixels = np.random.default_rng(0).standard_normal((5, 3, 224, 224)).astype(np.float32)
-    reference = open_runner("onnxruntime", artifact, split_ways=1)
-    runner = open_runner("onnxruntime", artifact, split_ways=split_ways)
+    reference = open_runner("onnxruntime", vit_onnx, split_ways=1)
+    runner = open_runner("onnxruntime", vit_onnx, split_ways=split_ways)
     try:
         assert (runner.pool is None) == (split_ways == 1)
         np.testing.assert_allclose(runner(pixels), reference(pixels), rtol=1e-5, atol=1e-5)
@@ -67,17 +70,15 @@ def test_onnxruntime_split_runs_give_the_whole_runs_features(tmp_path: Path, spl
 
 
 @pytest.mark.parametrize("split_ways", [1, 2])
-def test_openvino_runs_the_onnx_model_in_fp32(tmp_path: Path, split_ways: int) -> None:
+def test_openvino_runs_the_onnx_model_in_fp32(vit_onnx: str, split_ways: int) -> None:
     """OpenVINO (fp32 ViTs' CPU runtime) gives ONNX Runtime's features to fp32 precision, split or whole.
 
     OpenVINO would run fp32 operations in bf16 on CPUs with bf16 units (this one has AVX512-BF16) unless
     told not to: measured relative L2 error 3e-2 that way, 4e-6 in fp32.
     """
-    repository = export_golden(tmp_path, "tiny-vit-b32")
-    artifact = str(repository / "clip_visual/1/model.onnx")
     pixels = np.random.default_rng(1).standard_normal((5, 3, 224, 224)).astype(np.float32)
-    reference = open_runner("onnxruntime", artifact, split_ways=1)
-    runner = open_runner("openvino", artifact, split_ways=split_ways)
+    reference = open_runner("onnxruntime", vit_onnx, split_ways=1)
+    runner = open_runner("openvino", vit_onnx, split_ways=split_ways)
     try:
         assert (runner.pool is None) == (split_ways == 1)
         for batch in (pixels, pixels[:1]):
