@@ -89,6 +89,28 @@ def test_openvino_runs_the_onnx_model_in_fp32(vit_onnx: str, split_ways: int) ->
         reference.close()
 
 
+def test_openvino_requests_first_run_on_the_thread_that_opens_the_runner(vit_onnx: str, monkeypatch) -> None:
+    """OpenVINO's binding deadlocked a CI run when two threads made their first inference at once, so every
+    request is run once on the opening thread before the split pool can use it."""
+    import openvino
+
+    first_caller: dict[int, str] = {}
+    infer = openvino.InferRequest.infer
+
+    def recording_infer(request, *args, **kwargs):
+        first_caller.setdefault(id(request), threading.current_thread().name)
+        return infer(request, *args, **kwargs)
+
+    monkeypatch.setattr(openvino.InferRequest, "infer", recording_infer)
+    runner = open_runner("openvino", vit_onnx, split_ways=2)
+    try:
+        runner(np.zeros((4, 3, 224, 224), dtype=np.float32))  # split: both part requests run in the pool
+    finally:
+        runner.close()
+    assert len(first_caller) == 3  # the whole-batch request and the two part requests
+    assert set(first_caller.values()) == {threading.current_thread().name}
+
+
 def test_cpu_defaults_split_fp32_but_not_int8_and_never_hold_requests() -> None:
     spec = named_architecture("ViT-B/32")
     fp32 = model_configs(spec, RepositoryOptions())

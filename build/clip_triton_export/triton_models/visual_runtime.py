@@ -90,9 +90,17 @@ def _openvino(path: str, threads: int, streams: int) -> Run:
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
     compiled = openvino.Core().compile_model(path, "CPU", config)
+    # OpenVINO's Python binding initialises function-local statics during its first inference, waiting for
+    # the GIL inside the initialiser; two threads making their first call at once deadlocked a CI run (one
+    # waiting for the GIL inside the initialiser, the other holding the GIL at the initialiser's guard).
+    # So every request runs once here, on this one thread, before the runner is shared.
+    sample = np.zeros([1] + [dim.get_length() for dim in list(compiled.input(0).get_partial_shape())[1:]],
+                      dtype=np.float32)
     requests: queue.Queue = queue.Queue()
     for _ in range(streams):
-        requests.put(compiled.create_infer_request())
+        request = compiled.create_infer_request()
+        request.infer({0: sample})
+        requests.put(request)
 
     def run(pixels: np.ndarray) -> np.ndarray:
         request = requests.get()
