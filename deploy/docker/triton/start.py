@@ -28,7 +28,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from clip_triton.server import ServerOptions, child_processes, is_loopback, requests_in_flight
+from clip_triton.server import ServerOptions, child_processes, is_loopback, wait_until_idle
 
 
 def admin_key(environ: dict[str, str]) -> str | None:
@@ -101,10 +101,7 @@ def supervise(command: list[str], environ: dict[str, str]) -> int:
     watch_stubs = model_control_mode(command) == "none"
     while process.poll() is None:
         if stopping:
-            deadline, idle = time.monotonic() + exit_timeout, 0
-            while idle < 2 and time.monotonic() < deadline:  # two zero readings in a row
-                idle = idle + 1 if requests_in_flight(metrics_url) == 0 else 0
-                time.sleep(0.05)
+            wait_until_idle(metrics_url, exit_timeout, alive=lambda: process.poll() is None)
             process.send_signal(signal.SIGTERM)
             return process.wait()
         if watch_stubs and not watched and _ready(http_url):
