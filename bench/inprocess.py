@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from clip_triton.transform import preprocess
-from clip_triton_export.triton_models.visual_runtime import open_runner
+from clip_triton_export.triton_models.visual_runtime import open_configured_runner
 
 from .timing import repeat_for
 from .workloads import Workload
@@ -69,8 +69,7 @@ def model_alone(artifact: Path, parameters: Mapping[str, str], pixels: np.ndarra
     caller, which is what "the model alone" means.
     """
     name = parameters.get("runtime", "onnxruntime")
-    run = open_runner(name, str(artifact), threads=int(parameters.get("intra_op_threads", "0")),
-                      spinning=parameters.get("allow_spinning", "1"), split_ways=1)
+    run = open_configured_runner({**parameters, "runtime": name}, str(artifact), split_ways=1)
     runtime = f"{_RUNTIME_NAMES[name]} {_version(name)}, CPU, clip_visual's runner unsplit"
     by_batch = {}
     try:

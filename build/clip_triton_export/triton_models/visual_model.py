@@ -13,7 +13,7 @@ import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from clip_executing_gauge import ExecutingGauge  # noqa: E402  (shipped beside this file)
-from clip_visual_runtime import open_runner  # noqa: E402  (likewise)
+from clip_visual_runtime import open_configured_runner  # noqa: E402  (likewise)
 
 
 class TritonPythonModel:
@@ -22,9 +22,7 @@ class TritonPythonModel:
         parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         path = os.path.join(args["model_repository"], args["model_version"], parameters["artifact"])
         self.executing = ExecutingGauge(args)  # read by `clip-triton serve` to drain before stopping
-        self.run = open_runner(parameters["runtime"], path, threads=int(parameters.get("intra_op_threads", "0")),
-                               spinning=parameters.get("allow_spinning", "1"),
-                               split_ways=int(parameters.get("split_ways", "0")))
+        self.run = open_configured_runner(parameters, path)
 
     def execute(self, requests):
         with self.executing.tracking(requests):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import queue
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -65,6 +65,14 @@ def open_runner(runtime: str, path: str, threads: int = 0, spinning: str = "1", 
     if runtime == "torchscript":
         return SplittingRunner(_torchscript(path, threads), None, 1)
     raise ValueError(f"unknown runtime {runtime!r}")
+
+
+def open_configured_runner(parameters: Mapping[str, str], path: str, split_ways: int | None = None) -> SplittingRunner:
+    """`open_runner` as clip_visual's config parameters (runtime, intra_op_threads, allow_spinning,
+    split_ways) say; `split_ways` overrides the config's (the benchmark's model alone runs unsplit)."""
+    return open_runner(parameters["runtime"], path, threads=int(parameters.get("intra_op_threads", "0")),
+                       spinning=parameters.get("allow_spinning", "1"),
+                       split_ways=int(parameters.get("split_ways", "0")) if split_ways is None else split_ways)
 
 
 def _onnxruntime(path: str, threads: int, spinning: str) -> Run:
