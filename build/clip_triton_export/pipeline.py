@@ -1,6 +1,7 @@
 """Checkpoint (or random init) -> artifact -> complete model repository: what `clip-triton export` does."""
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -8,8 +9,9 @@ import numpy as np
 from .architectures import named_architecture
 from .checkpoint import LoadedVisual, load_checkpoint, random_visual
 from .export import export_visual
-from .quantize import quantize_int8
-from .repository import RepositoryOptions, artifact_bytes, artifact_path, render_repository, write_repository
+from .quantize import MIN_COSINE, quantize_int8
+from .repository import (RepositoryOptions, artifact_bytes, artifact_name, artifact_path, render_repository,
+                         write_repository)
 
 
 def load_source(checkpoint: Path | None, random_init: str | None, seed: int = 0) -> LoadedVisual:
@@ -25,25 +27,35 @@ SAMPLE_IMAGES = Path(__file__).resolve().parents[2] / "examples" / "images"
 
 def export_repository(repository: Path, checkpoint: Path | None = None, random_init: str | None = None,
                       seed: int = 0, configs_only: bool = False, precision: str = "fp32",
-                      calibration_images: Path | None = None, **options) -> str:
-    """Write the repository; returns a one-paragraph summary for people."""
+                      calibration_images: Path | None = None, int8_min_cosine: float = MIN_COSINE,
+                      **options) -> str:
+    """Write the repository; returns a one-paragraph summary for people. The model is built before
+    anything in `repository` is replaced, so a failed export leaves a previous one intact."""
     RepositoryOptions(precision=precision, **options)  # refuse bad options before loading any weights
+    repository = Path(repository)
     loaded = load_source(checkpoint, random_init, seed)
     weights = None if configs_only else f"{loaded.source}" + (f":{precision}" if precision != "fp32" else "")
     repo_options = RepositoryOptions(weights=weights, precision=precision, **options)
     files = render_repository(loaded.spec, repo_options)
-    write_repository(Path(repository), files)
     lines = [f"wrote {repository}: {len(files)} files ({repo_options.fmt}, target {repo_options.target})",
              f"  architecture: {loaded.spec}"]
+    repository.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=repository) as staging:
+        if not configs_only:
+            staged = Path(staging) / artifact_name(repo_options)
+            if precision == "int8":
+                fp32 = export_visual(loaded.model, loaded.spec, "onnx", Path(staging) / "model.fp32.onnx")
+                pixels = calibration_pixels(calibration_images or SAMPLE_IMAGES, loaded.spec.image_resolution)
+                int8 = quantize_int8(fp32, staged, loaded.spec, pixels, int8_min_cosine)
+                fp32.unlink()
+                lines.append(f"  {int8.describe()}")
+            else:
+                export_visual(loaded.model, loaded.spec, repo_options.fmt, staged)
+        write_repository(repository, files)
+        artifact = artifact_path(repository, repo_options)
+        for built in Path(staging).iterdir():
+            built.replace(artifact.parent / built.name)
     if not configs_only:
-        artifact = artifact_path(Path(repository), repo_options)
-        if precision == "int8":
-            fp32 = export_visual(loaded.model, loaded.spec, "onnx", artifact.with_name("model.fp32.onnx"))
-            pixels = calibration_pixels(calibration_images or SAMPLE_IMAGES, loaded.spec.image_resolution)
-            quantize_int8(fp32, artifact, loaded.spec, pixels)
-            fp32.unlink()
-        else:
-            export_visual(loaded.model, loaded.spec, repo_options.fmt, artifact)
         lines.append(f"  model: {artifact} ({precision}, {artifact_bytes(artifact) / 1e6:.1f} MB)")
     if loaded.random_weights and not configs_only:
         lines.append("  WEIGHTS ARE RANDOM (seeded): features are not meaningful; pass --checkpoint for real ones")

@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
                              "(cosine >= 0.999); served by OpenVINO in either target")
     export.add_argument("--calibration-images", type=Path,
                         help="folder of typical images for int8 calibration (default: examples/images)")
+    export.add_argument("--int8-min-cosine", type=float, default=0.999,
+                        help="int8 must keep every calibration image's features within this cosine of fp32, "
+                             "or the export falls back to a safer scheme (ViT) or refuses (ModifiedResNet)")
 
     serve = commands.add_parser("serve", help="run Triton on a model repository in the foreground")
     serve.add_argument("--repository", type=Path, required=True)
@@ -88,6 +91,7 @@ def _export(args: argparse.Namespace) -> int:
         seed=args.seed, fmt=args.fmt, target=args.target, max_batch_size=args.max_batch_size,
         configs_only=args.configs_only, fast_jpeg_decode=args.fast_jpeg_decode,
         precision=args.precision, calibration_images=args.calibration_images,
+        int8_min_cosine=args.int8_min_cosine,
     )
     print(summary)
     return 0
