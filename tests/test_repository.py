@@ -69,7 +69,18 @@ def test_max_batch_size_is_applied_everywhere() -> None:
     assert max(configs[contract.VISUAL_MODEL].dynamic_batching.preferred_batch_size) <= 8
 
 
+def test_preprocessing_decodes_on_every_core_on_the_cpu_target_and_per_instance_on_the_gpu_target() -> None:
+    spec = named_architecture("ViT-B/32")
+    decode_threads = {target: model_configs(spec, RepositoryOptions(target=target))[contract.PREPROCESS_MODEL]
+                      .parameters["decode_threads"].string_value for target in ("cpu", "gpu")}
+    assert decode_threads == {"cpu": "0", "gpu": "1"}
+    tuned = model_configs(spec, RepositoryOptions(preprocess_threads=3))[contract.PREPROCESS_MODEL]
+    assert tuned.parameters["decode_threads"].string_value == "3"
+
+
 def test_bad_options_are_refused() -> None:
+    with pytest.raises(ValueError, match="preprocess_threads must be 0"):
+        RepositoryOptions(preprocess_threads=-1)
     with pytest.raises(ValueError, match="unknown target 'tpu'"):
         RepositoryOptions(target="tpu")
     with pytest.raises(ValueError, match="unknown format 'tflite'"):

@@ -1,7 +1,10 @@
 """The transform equals OpenAI's `clip.load` preprocessing, including its less obvious choices."""
 from __future__ import annotations
 
+import functools
 import io
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -46,6 +49,29 @@ def test_batch_equals_one_by_one_and_reports_bad_by_index() -> None:
     assert pixels.shape == (3, 3, 224, 224)
     for row, data in zip(pixels, good):
         np.testing.assert_array_equal(row, preprocess(data, 224))
+
+
+def test_batch_decoded_on_a_thread_pool_equals_the_sequential_batch() -> None:
+    """clip_preprocess decodes a batch's images on a pool (Pillow releases the GIL): same pixels, same
+    reasons at the same indices, and the work really runs on the pool's threads."""
+    good = [image_bytes(n) for n in IMAGE_NAMES]
+    truncated = image_bytes("rocket.jpg")[:5000]  # its header reads; decoding fails inside the pool
+    batch = [good[0], b"junk", good[1], truncated, *good[2:]]
+    expected_pixels, expected_errors = preprocess_batch(batch, 224)
+    workers: set[str] = set()
+
+    def on_worker(crop, item):
+        workers.add(threading.current_thread().name)
+        return crop(item)
+
+    with ThreadPoolExecutor(2, thread_name_prefix="decode") as pool:
+        pixels, errors = preprocess_batch(batch, 224, map_images=lambda crop, items: pool.map(
+            functools.partial(on_worker, crop), items))
+    assert errors == expected_errors and sorted(errors) == [1, 3]
+    assert "cannot decode" in errors[3]
+    np.testing.assert_array_equal(pixels, expected_pixels)
+    assert len(pixels) == len(good)
+    assert workers and all(name.startswith("decode") for name in workers)
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from typing import Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -23,6 +23,8 @@ try:
     import pyspng
 except ImportError:  # optional: Pillow decodes every PNG without it
     pyspng = None
+
+MapImages = Callable[[Callable[[Any], Any], Iterable[Any]], Iterator[Any]]  # builtin map, or Executor.map
 
 CLIP_MEAN = np.array((0.48145466, 0.4578275, 0.40821073), dtype=np.float32)
 CLIP_STD = np.array((0.26862954, 0.26130258, 0.27577711), dtype=np.float32)
@@ -170,20 +172,37 @@ def preprocess(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_IMAGE_PIXEL
 
 def preprocess_batch(
     images: Sequence[bytes], size: int, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES, fast_jpeg: bool = False,
+    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES, fast_jpeg: bool = False, map_images: MapImages = map,
 ) -> tuple[np.ndarray, dict[int, str]]:
     """Many encoded images -> float32 [M, 3, size, size] for the good ones, plus {index: reason} for the bad.
 
-    Decoding and resizing are per image (Pillow); the float conversion runs once over the batch.
+    Headers are read here, one image after another (cheap, and Pillow's warning filters are not
+    thread-safe); decoding and resizing go through `map_images`, which may be a thread pool's `map`:
+    Pillow and libspng release the GIL while they work, so one batch's images decode on several cores.
+    The float conversion runs once over the batch.
     """
-    crops: list[np.ndarray] = []
+    opened: list[tuple[Image.Image, bytes]] = []
+    indices: list[int] = []
     errors: dict[int, str] = {}
     for index, data in enumerate(images):
         try:
-            image = decode_png_fast(open_image(data, max_pixels, max_bytes), data)
-            crops.append(resize_and_crop(image, size, max_pixels, fast_jpeg))
+            opened.append((open_image(data, max_pixels, max_bytes), data))
+            indices.append(index)
         except ImageRejected as error:
             errors[index] = str(error)
+
+    def crop(item: tuple[Image.Image, bytes]) -> np.ndarray | ImageRejected:
+        try:
+            return resize_and_crop(decode_png_fast(*item), size, max_pixels, fast_jpeg)
+        except ImageRejected as error:
+            return error
+
+    crops: list[np.ndarray] = []
+    for index, result in zip(indices, map_images(crop, opened)):
+        if isinstance(result, ImageRejected):
+            errors[index] = str(result)
+        else:
+            crops.append(result)
     if not crops:
         return np.zeros((0, 3, size, size), dtype=np.float32), errors
     return normalize(np.stack(crops)), errors

@@ -1,12 +1,14 @@
 """clip_preprocess: encoded image bytes -> CLIP pixels, exactly OpenAI's `clip.load` transform.
 
 Runs in Triton's Python backend. One `execute` call receives every request the dynamic batcher
-gathered; all their images are decoded, then normalized together in one numpy pass. An image that
+gathered; their images are decoded on `decode_threads` threads (0: one per core this process may
+use), then normalized together in one numpy pass. An image that
 cannot be decoded fails only its own request, with INVALID_ARGUMENT and a reason per bad element.
 """
 import json
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import triton_python_backend_utils as pb_utils
 from PIL import Image
@@ -26,6 +28,9 @@ class TritonPythonModel:
         self.max_bytes = int(parameters.get("max_image_bytes", {}).get("string_value", DEFAULT_MAX_IMAGE_BYTES))
         self.fast_jpeg = parameters.get("fast_jpeg_decode", {}).get("string_value", "false") == "true"
         Image.MAX_IMAGE_PIXELS = None  # our own limit (checked before decoding) governs in this process
+        threads = int(parameters.get("decode_threads", {}).get("string_value", "1")) or len(os.sched_getaffinity(0))
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="clip-decode") if threads > 1 else None
+        self.map_images = self.pool.map if self.pool is not None else map
         self.executing = ExecutingGauge(args)  # read by `clip-triton serve` to drain before stopping
 
     def execute(self, requests):
@@ -38,7 +43,8 @@ class TritonPythonModel:
             blobs = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy().reshape(-1)
             images.extend(bytes(blob) for blob in blobs)
             counts.append(len(blobs))
-        pixels, errors = preprocess_batch(images, self.size, self.max_pixels, self.max_bytes, self.fast_jpeg)
+        pixels, errors = preprocess_batch(images, self.size, self.max_pixels, self.max_bytes, self.fast_jpeg,
+                                          self.map_images)
 
         responses, first, good = [], 0, 0
         for count in counts:
@@ -54,3 +60,6 @@ class TritonPythonModel:
             first += count
         return responses
 
+    def finalize(self):
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
