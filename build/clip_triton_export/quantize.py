@@ -4,10 +4,10 @@ Measured and chosen (bench/report/cpu-variants.md): on our 2-core AVX512-VNNI VM
 kernels beat ONNX Runtime's (ViT-B/32 at batch 32: 75 images/s against 62). Each family gets the
 scheme that keeps features within cosine 0.999 of fp32 (measured in the tests):
 - VisionTransformer: static int8 (NNCF, activation ranges calibrated on typical images) for the
-  attention's q/k/v projections and products and both MLP layers; the layers that measured sensitive
-  (the patch-embedding convolution, each block's attention output projection, the final projection)
-  keep fp32 activations, their weights int8 with activations quantized at run time per group of 128
-  inputs. SmoothQuant is off: with it cosine fell to 0.987. ViT-B/32 alone: 81 -> 101 images/s
+  attention's q/k/v projections and scores and both MLP layers. The layers that measured sensitive
+  do without static ranges: the patch-embedding convolution stays fp32; each block's attention output
+  projection and the final projection get int8 weights with activations quantized at run time per
+  group of 128 inputs. SmoothQuant is off: with it cosine fell to 0.987. ViT-B/32 alone: 81 -> 101 images/s
   against all-dynamic int8, cosine 0.9996 on the shared images. The export checks the result on the
   calibration images and falls back to all-dynamic int8 (no calibration, cosine 0.9995 measured)
   when any of them drops below cosine 0.999, so a checkpoint whose activations quantize badly still

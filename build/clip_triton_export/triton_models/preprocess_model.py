@@ -2,8 +2,9 @@
 
 Runs in Triton's Python backend. One `execute` call receives every request the dynamic batcher
 gathered; their images are decoded on `decode_threads` threads (0: one per core this process may
-use), then normalized together in one numpy pass. An image that
-cannot be decoded fails only its own request, with INVALID_ARGUMENT and a reason per bad element.
+use; each thread holds at most one decoded image), then normalized together in one numpy pass. An
+image that cannot be decoded fails only its own request, with INVALID_ARGUMENT and a reason per bad
+element.
 """
 import json
 import os
