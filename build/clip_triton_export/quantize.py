@@ -104,11 +104,10 @@ def _vit_static(fp32_path: Path, calibration: np.ndarray):
 def _vit_sensitive_layers(model) -> list[str]:
     """The patch-embedding convolution, every attention output projection and the final projection."""
     output_producers = {result.input_value(0).get_node().get_friendly_name() for result in model.get_results()}
-    names = [op.get_friendly_name() for op in model.get_ordered_ops()
-             if (op.get_type_name() == "Convolution" and "conv1" in op.get_friendly_name())
-             or (op.get_type_name() == "MatMul" and ("out_proj" in op.get_friendly_name()
-                                                     or op.get_friendly_name() in output_producers))]
-    return names
+    return [op.get_friendly_name() for op in model.get_ordered_ops()
+            if (op.get_type_name() == "Convolution" and "conv1" in op.get_friendly_name())
+            or (op.get_type_name() == "MatMul" and ("out_proj" in op.get_friendly_name()
+                                                    or op.get_friendly_name() in output_producers))]
 
 
 def _vit_dynamic(model):
