@@ -46,9 +46,12 @@ def assert_features_match(actual: np.ndarray, expected: np.ndarray, cosine: floa
 running_server = local_server  # a real tritonserver on free loopback ports, always stopped by PID
 
 
+def golden_checkpoint(checkpoint: str) -> Path:
+    return GOLDEN / MANIFEST["checkpoints"][checkpoint]["file"]
+
+
 def export_golden(directory: Path, checkpoint: str, fmt: str = "onnx", **options) -> Path:
-    export_repository(directory, checkpoint=GOLDEN / MANIFEST["checkpoints"][checkpoint]["file"], fmt=fmt,
-                      target="cpu", **options)
+    export_repository(directory, checkpoint=golden_checkpoint(checkpoint), fmt=fmt, target="cpu", **options)
     return directory
 
 

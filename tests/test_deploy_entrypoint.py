@@ -11,7 +11,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
 from clip_triton.server import ServerOptions, restricted_protocol_args
-from conftest import GOLDEN, MANIFEST
+from conftest import golden_checkpoint
 from deploy_support import ROOT, ADMIN_KEY, BUILDER, HEALTHCHECK, START, flag_name, load_script, tritonserver_flags
 
 
@@ -77,7 +77,7 @@ def _run_builder(env: dict[str, str]) -> subprocess.CompletedProcess:
 def test_builder_exports_a_checkpoint_for_the_gpu_and_skips_an_identical_rebuild(tmp_path: Path):
     repository = tmp_path / "models"
     repository.mkdir()
-    checkpoint = GOLDEN / MANIFEST["checkpoints"]["tiny-vit-b32"]["file"]
+    checkpoint = golden_checkpoint("tiny-vit-b32")
     env = _builder_env(repository, checkpoint)
 
     first = _run_builder(env)
@@ -97,7 +97,7 @@ def test_builder_applies_config_overrides(tmp_path: Path):
     repository = tmp_path / "models"
     repository.mkdir()
     overrides = ROOT / "deploy" / "k8s" / "shared-cluster"
-    checkpoint = GOLDEN / MANIFEST["checkpoints"]["tiny-vit-b32"]["file"]
+    checkpoint = golden_checkpoint("tiny-vit-b32")
     result = _run_builder(_builder_env(repository, checkpoint, CONFIG_OVERRIDES=str(overrides)))
     assert result.returncode == 0, result.stderr
     visual = text_format.Parse((repository / "clip_visual" / "config.pbtxt").read_text(), pb.ModelConfig())

@@ -14,7 +14,7 @@ from clip_triton.cli import main as cli_main
 from clip_triton.transform import preprocess
 from clip_triton_export.pipeline import export_repository, load_source
 from clip_triton_export.quantize import STATIC_VIT
-from conftest import GOLDEN, IMAGE_NAMES, MANIFEST, export_golden, image_bytes, running_server
+from conftest import IMAGE_NAMES, export_golden, golden_checkpoint, image_bytes, running_server
 from test_server import infer
 
 
@@ -108,8 +108,7 @@ def test_int8_vit_uses_static_ranges_except_in_its_sensitive_layers(int8_export:
 def test_int8_vit_falls_back_to_run_time_ranges_when_static_ones_lose_fidelity(tmp_path: Path) -> None:
     """The tiny golden ViT's activations quantize badly with static ranges (cosine < 0.999 on the
     calibration images); the export notices and ships the all-run-time scheme instead."""
-    summary = export_repository(tmp_path, checkpoint=GOLDEN / MANIFEST["checkpoints"]["tiny-vit-b32"]["file"],
-                                precision="int8")
+    summary = export_repository(tmp_path, checkpoint=golden_checkpoint("tiny-vit-b32"), precision="int8")
     assert int8_scheme(tmp_path).startswith("activations quantized at run time")
     assert "activations quantized at run time (static ranges measured below cosine 0.999)" in summary
     assert not any(static_activations(tmp_path).values())
@@ -127,7 +126,7 @@ def test_int8_that_cannot_keep_cosine_0999_is_refused_and_the_previous_export_su
 
 
 def test_int8_min_cosine_can_be_lowered_on_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    checkpoint = GOLDEN / MANIFEST["checkpoints"]["tiny-rn"]["file"]
+    checkpoint = golden_checkpoint("tiny-rn")
     assert cli_main(["export", "--checkpoint", str(checkpoint), "--repository", str(tmp_path),
                      "--precision", "int8", "--int8-min-cosine", "0.99"]) == 0
     summary = capsys.readouterr().out
