@@ -9,7 +9,9 @@ import numpy as np
 from .architectures import named_architecture
 from .checkpoint import LoadedVisual, load_checkpoint, random_visual
 from .export import export_visual
-from .quantize import MIN_COSINE, quantize_int8
+from .bf16 import convert_bf16
+from .precision import MIN_COSINE
+from .quantize import quantize_int8
 from .repository import (RepositoryOptions, artifact_bytes, artifact_name, artifact_path, render_repository,
                          write_repository)
 
@@ -27,7 +29,7 @@ SAMPLE_IMAGES = Path(__file__).resolve().parents[2] / "examples" / "images"
 
 def export_repository(repository: Path, checkpoint: Path | None = None, random_init: str | None = None,
                       seed: int = 0, configs_only: bool = False, precision: str = "fp32",
-                      calibration_images: Path | None = None, int8_min_cosine: float = MIN_COSINE,
+                      calibration_images: Path | None = None, min_cosine: float = MIN_COSINE,
                       **options) -> str:
     """Write the repository; returns a one-paragraph summary for people. The model is built before
     anything in `repository` is replaced, so a failed export leaves a previous one intact."""
@@ -43,12 +45,15 @@ def export_repository(repository: Path, checkpoint: Path | None = None, random_i
     with tempfile.TemporaryDirectory(prefix=".export-", dir=repository) as staging:
         if not configs_only:
             staged = Path(staging) / artifact_name(repo_options)
-            if precision == "int8":
+            if precision in ("bf16", "int8"):
                 fp32 = export_visual(loaded.model, loaded.spec, "onnx", Path(staging) / "model.fp32.onnx")
                 pixels = calibration_pixels(calibration_images or SAMPLE_IMAGES, loaded.spec.image_resolution)
-                int8 = quantize_int8(fp32, staged, loaded.spec, pixels, int8_min_cosine)
+                if precision == "int8":
+                    variant = quantize_int8(fp32, staged, loaded.spec, pixels, min_cosine)
+                else:
+                    variant = convert_bf16(fp32, staged, pixels, min_cosine)
                 fp32.unlink()
-                lines.append(f"  {int8.describe()}")
+                lines.append(f"  {variant.describe()}")
             else:
                 export_visual(loaded.model, loaded.spec, repo_options.fmt, staged)
         write_repository(repository, files)
@@ -63,7 +68,8 @@ def export_repository(repository: Path, checkpoint: Path | None = None, random_i
 
 
 def calibration_pixels(folder: Path, resolution: int) -> np.ndarray:
-    """OpenAI-preprocessed pixels of the images in `folder` (and their mirror images), for int8 calibration."""
+    """OpenAI-preprocessed pixels of the images in `folder` (and their mirror images): int8 calibrates on them,
+    and both reduced precisions are checked against fp32 on them."""
     from clip_triton.encode_command import find_images
     from clip_triton.transform import preprocess
 

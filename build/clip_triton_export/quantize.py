@@ -17,26 +17,20 @@ scheme that keeps features within cosine 0.999 of fp32 (measured in the tests):
   QDQ graph with int8 kernels (NNCF's own scheme measured lower quality here, cosine 0.996).
 The IR keeps every other weight in fp32 (no fp16 compression) and carries its run-time options in
 its rt_info, so Triton's native OpenVINO backend serves the same files with the same behaviour.
-bf16 is not offered: without AMX (absent on our 2-core VM) it measured slower than fp32.
+See bf16.py for the other reduced-precision variant, and precision.py for what they share.
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import onnx
 
 from .architectures import ResNetSpec, VisualSpec
+from .precision import MIN_COSINE, features, min_cosine as lowest_cosine, quiet
 
-PRECISIONS = ("fp32", "int8")
-INT8_ARTIFACT = "model.xml"  # OpenVINO IR; the weights lie beside it in model.bin
 DYNAMIC_QUANTIZATION_GROUP = 128
-MIN_COSINE = 0.999  # every calibration image's int8 features against fp32 ones
 STATIC_VIT = ("static activations (NNCF), except the patch embedding (fp32) and the attention output and final "
               "projections (activations quantized at run time)")
 
@@ -62,8 +56,8 @@ def quantize_int8(fp32_path: Path, out_path: Path, spec: VisualSpec, calibration
 
     if len(calibration) == 0:
         raise ValueError("int8 needs calibration images (--calibration-images)")
-    with _quiet():
-        reference = _features(openvino.Core().read_model(str(fp32_path)), calibration)
+    with quiet():
+        reference = features(openvino.Core().read_model(str(fp32_path)), calibration, "int8")
         if isinstance(spec, ResNetSpec):
             qdq = out_path.with_suffix(".qdq.onnx")
             _resnet_qdq(fp32_path, qdq, calibration)
@@ -71,10 +65,10 @@ def quantize_int8(fp32_path: Path, out_path: Path, spec: VisualSpec, calibration
             qdq.unlink()
         else:
             model, scheme = _vit_static(fp32_path, calibration), STATIC_VIT
-        cosine = _min_cosine(_features(model, calibration), reference)
+        cosine = lowest_cosine(features(model, calibration, "int8"), reference)
         if cosine < min_cosine and not isinstance(spec, ResNetSpec):
             model = _vit_dynamic(openvino.Core().read_model(str(fp32_path)))
-            cosine = _min_cosine(_features(model, calibration), reference)
+            cosine = lowest_cosine(features(model, calibration, "int8"), reference)
             scheme = f"activations quantized at run time (static ranges measured below cosine {min_cosine})"
         if cosine < min_cosine:
             raise ValueError(f"int8 features fell to cosine {cosine:.5f} of fp32 on the calibration images "
@@ -121,19 +115,6 @@ def _vit_dynamic(model):
     return model
 
 
-def _features(model, pixels: np.ndarray) -> np.ndarray:
-    """Run `model` as the server's runner does (OpenVINO, CPU, fp32 for every non-int8 operation)."""
-    import openvino
-
-    compiled = openvino.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    request = compiled.create_infer_request()
-    return np.concatenate([request.infer({0: pixels[i:i + 8]})[0].copy() for i in range(0, len(pixels), 8)])
-
-
-def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
-
-
 def _resnet_qdq(fp32_path: Path, out_path: Path, calibration: np.ndarray) -> None:
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -155,18 +136,3 @@ def _resnet_qdq(fp32_path: Path, out_path: Path, calibration: np.ndarray) -> Non
                     nodes_to_exclude=keep_fp32, calibrate_method=CalibrationMethod.MinMax)
     prepared.unlink()
 
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """The quantizers log advice and draw progress bars on every call; keep export output readable."""
-    level = logging.getLogger().level
-    logging.getLogger().setLevel(logging.ERROR)
-    nncf_logger = logging.getLogger("nncf")
-    nncf_level = nncf_logger.level
-    nncf_logger.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        logging.getLogger().setLevel(level)
-        nncf_logger.setLevel(nncf_level)

@@ -52,16 +52,19 @@ class SplittingRunner:
             self.pool.shutdown(wait=True)
 
 
-def open_runner(runtime: str, path: str, threads: int = 0, spinning: str = "1", split_ways: int = 0) -> SplittingRunner:
+def open_runner(runtime: str, path: str, threads: int = 0, spinning: str = "1", split_ways: int = 0,
+                precision: str = "f32") -> SplittingRunner:
     """`threads`: the whole-batch runner's threads (0 = the runtime's default); `split_ways`: how many
-    single-threaded parts a batch is split into (0 = one per available core, 1 = never split)."""
+    single-threaded parts a batch is split into (0 = one per available core, 1 = never split); `precision`:
+    OpenVINO's precision for operations that are not int8 ("f32", or "bf16" for the bf16 variant)."""
     ways = split_ways or available_cores()
     if runtime == "onnxruntime":
         whole = _onnxruntime(path, threads, spinning)
         return SplittingRunner(whole, _onnxruntime(path, 1, spinning) if ways > 1 else None, ways)
     if runtime == "openvino":
-        whole = _openvino(path, threads, streams=1)
-        return SplittingRunner(whole, _openvino(path, ways, streams=ways) if ways > 1 else None, ways)
+        whole = _openvino(path, threads, streams=1, precision=precision)
+        part = _openvino(path, ways, streams=ways, precision=precision) if ways > 1 else None
+        return SplittingRunner(whole, part, ways)
     if runtime == "torchscript":
         return SplittingRunner(_torchscript(path, threads), None, 1)
     raise ValueError(f"unknown runtime {runtime!r}")
@@ -69,10 +72,12 @@ def open_runner(runtime: str, path: str, threads: int = 0, spinning: str = "1", 
 
 def open_configured_runner(parameters: Mapping[str, str], path: str, split_ways: int | None = None) -> SplittingRunner:
     """`open_runner` as clip_visual's config parameters (runtime, intra_op_threads, allow_spinning,
-    split_ways) say; `split_ways` overrides the config's (the benchmark's model alone runs unsplit)."""
+    split_ways, inference_precision) say; `split_ways` overrides the config's (the benchmark's model alone
+    runs unsplit)."""
     return open_runner(parameters["runtime"], path, threads=int(parameters.get("intra_op_threads", "0")),
                        spinning=parameters.get("allow_spinning", "1"),
-                       split_ways=int(parameters.get("split_ways", "0")) if split_ways is None else split_ways)
+                       split_ways=int(parameters.get("split_ways", "0")) if split_ways is None else split_ways,
+                       precision=parameters.get("inference_precision", "f32"))
 
 
 def _onnxruntime(path: str, threads: int, spinning: str) -> Run:
@@ -87,14 +92,14 @@ def _onnxruntime(path: str, threads: int, spinning: str) -> Run:
     return lambda pixels: session.run(["EMBEDDING"], {"PIXEL_VALUES": pixels})[0]
 
 
-def _openvino(path: str, threads: int, streams: int) -> Run:
+def _openvino(path: str, threads: int, streams: int, precision: str) -> Run:
     import openvino
 
     config = {"PERFORMANCE_HINT": "LATENCY"} if streams == 1 else {"NUM_STREAMS": streams}
     # OpenVINO's default on CPUs with bfloat16 units (AVX512-BF16, AMX) is to run fp32 operations in bf16:
-    # the fp32 model would no longer be fp32, and on our VM the int8 model ran 5-10 % slower that way and
-    # drifted further from fp32 (cosine 0.99967 vs 0.99971). So every operation not quantized stays fp32.
-    config["INFERENCE_PRECISION_HINT"] = "f32"
+    # the fp32 model would no longer be fp32, so fp32 and int8 repositories ask for "f32" (every operation
+    # not quantized stays fp32) and only the bf16 variant asks for "bf16".
+    config["INFERENCE_PRECISION_HINT"] = precision
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
     compiled = openvino.Core().compile_model(path, "CPU", config)
