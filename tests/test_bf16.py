@@ -19,7 +19,7 @@ from clip_triton_export.pipeline import export_repository, load_source
 from clip_triton_export.precision import cpu_computes_bf16
 from clip_triton_export.repository import RepositoryOptions, model_configs
 from clip_triton_export.triton_models.visual_runtime import open_configured_runner
-from conftest import IMAGE_NAMES, export_golden, golden_checkpoint, image_bytes, running_server
+from conftest import CHECKPOINTS, GOLDEN, IMAGE_NAMES, export_golden, golden_checkpoint, golden_features, image_bytes, running_server
 from test_quantize import cosines
 from test_server import infer
 
@@ -69,6 +69,17 @@ def test_bf16_features_stay_within_cosine_0999_of_fp32(arch: str, bf16_export: C
     assert cosines(bf16, fp32).min() >= 0.999
     if NATIVE_BF16:  # it really is computed in bf16 (relative L2 error ~1e-2, against ~1e-6 in fp32)
         assert np.linalg.norm(bf16 - fp32) / np.linalg.norm(fp32) > 1e-3
+
+
+@pytest.mark.parametrize("checkpoint", CHECKPOINTS)
+def test_bf16_of_the_golden_checkpoints_stays_within_cosine_0999_of_openais_own_features(checkpoint: str,
+                                                                                          tmp_path: Path) -> None:
+    """OpenAI's features from OpenAI's code (golden/), both architecture families, against bf16 on OpenAI's pixels."""
+    export_golden(tmp_path, checkpoint, precision="bf16")
+    pixels = np.load(GOLDEN / "pixels-224.npz")
+    expected = golden_features(checkpoint)
+    bf16 = served_way(tmp_path, pixels["pixels"])
+    assert cosines(bf16, np.stack([expected[name] for name in pixels["names"]])).min() >= 0.999
 
 
 def test_bf16_repository_asks_openvino_for_bf16_and_fp32_repositories_never_do(bf16_export: Callable[[str], Path],
