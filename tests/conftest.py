@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -58,6 +58,20 @@ def export_golden(directory: Path, checkpoint: str, fmt: str = "onnx", **options
 @pytest.fixture(scope="session")
 def vit_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export_golden(tmp_path_factory.mktemp("vit-onnx"), "tiny-vit-b32")
+
+
+@pytest.fixture(scope="session")
+def variant_export(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], Path]:
+    """export(arch, precision): a random-init architecture's repository in that precision, made once per
+    session (an int8 ViT-B/32 takes ~20 s)."""
+    exports: dict[tuple[str, str], Path] = {}
+
+    def export(arch: str, precision: str) -> Path:
+        if (arch, precision) not in exports:
+            exports[arch, precision] = tmp_path_factory.mktemp(precision)
+            export_repository(exports[arch, precision], random_init=arch, precision=precision)
+        return exports[arch, precision]
+    return export
 
 
 @pytest.fixture(scope="session")

@@ -9,34 +9,22 @@ from typing import Callable
 import numpy as np
 import openvino
 import pytest
-import torch
-import tritonclient.grpc
 
 from clip_triton.cli import main as cli_main
-from clip_triton.transform import preprocess
 from clip_triton_export.architectures import named_architecture
-from clip_triton_export.pipeline import export_repository, load_source
+from clip_triton_export.pipeline import export_repository
 from clip_triton_export.precision import cpu_computes_bf16
 from clip_triton_export.repository import RepositoryOptions, model_configs
 from clip_triton_export.triton_models.visual_runtime import open_configured_runner
-from conftest import CHECKPOINTS, GOLDEN, IMAGE_NAMES, export_golden, golden_checkpoint, golden_features, image_bytes, running_server
-from test_quantize import cosines
-from test_server import infer
+from conftest import CHECKPOINTS, GOLDEN, export_golden, golden_checkpoint, golden_features
+from test_quantize import cosines, serve_shared_images, shared_images_in_fp32
 
 NATIVE_BF16 = cpu_computes_bf16()
 
 
-@pytest.fixture(scope="module")
-def bf16_export(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """The bf16 export of a random-init architecture, made once per module."""
-    exports: dict[str, Path] = {}
-
-    def export(arch: str) -> Path:
-        if arch not in exports:
-            exports[arch] = tmp_path_factory.mktemp("bf16")
-            export_repository(exports[arch], random_init=arch, precision="bf16")
-        return exports[arch]
-    return export
+@pytest.fixture
+def bf16_export(variant_export: Callable[[str, str], Path]) -> Callable[[str], Path]:
+    return lambda arch: variant_export(arch, "bf16")
 
 
 def visual_parameters(repository: Path) -> dict[str, str]:
@@ -60,10 +48,7 @@ def served_way(repository: Path, pixels: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("arch", ["ViT-B/32", "RN50"])
 def test_bf16_features_stay_within_cosine_0999_of_fp32(arch: str, bf16_export: Callable[[str], Path]) -> None:
     repository = bf16_export(arch)
-    loaded = load_source(None, arch)
-    pixels = np.stack([preprocess(image_bytes(n), loaded.spec.image_resolution) for n in IMAGE_NAMES])
-    with torch.no_grad():
-        fp32 = loaded.model(torch.from_numpy(pixels)).numpy()
+    pixels, fp32 = shared_images_in_fp32(arch)
     bf16 = served_way(repository, pixels)
     assert bf16.shape == fp32.shape
     assert cosines(bf16, fp32).min() >= 0.999
@@ -97,15 +82,8 @@ def test_bf16_repository_asks_openvino_for_bf16_and_fp32_repositories_never_do(b
 
 def test_bf16_serves_through_the_real_server_labelled_as_bf16(bf16_export: Callable[[str], Path]) -> None:
     repository = bf16_export("ViT-B/32")
-    loaded = load_source(None, "ViT-B/32")
-    pixels = np.stack([preprocess(image_bytes(n), loaded.spec.image_resolution) for n in IMAGE_NAMES])
-    with torch.no_grad():
-        fp32 = loaded.model(torch.from_numpy(pixels)).numpy()
-    with running_server(repository) as server:
-        served = infer(server.grpc_url, [image_bytes(n) for n in IMAGE_NAMES])
-        client = tritonclient.grpc.InferenceServerClient(server.grpc_url)
-        config = client.get_model_config("clip_visual", as_json=True)["config"]
-        client.close()
+    pixels, fp32 = shared_images_in_fp32("ViT-B/32")
+    served, config = serve_shared_images(repository)
     assert cosines(served, fp32).min() >= 0.999
     np.testing.assert_allclose(served, served_way(repository, pixels), rtol=1e-5, atol=1e-5)
     assert config["parameters"]["weights"]["string_value"] == "random-init:ViT-B/32:seed=0:bf16"

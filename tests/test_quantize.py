@@ -18,21 +18,31 @@ from conftest import IMAGE_NAMES, export_golden, golden_checkpoint, image_bytes,
 from test_server import infer
 
 
-@pytest.fixture(scope="module")
-def int8_export(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """The int8 export of a random-init architecture, made once per module (ViT-B/32 takes ~20 s)."""
-    exports: dict[str, Path] = {}
-
-    def export(arch: str) -> Path:
-        if arch not in exports:
-            exports[arch] = tmp_path_factory.mktemp("int8")
-            export_repository(exports[arch], random_init=arch, precision="int8")
-        return exports[arch]
-    return export
+@pytest.fixture
+def int8_export(variant_export: Callable[[str, str], Path]) -> Callable[[str], Path]:
+    return lambda arch: variant_export(arch, "int8")
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def shared_images_in_fp32(arch: str) -> tuple[np.ndarray, np.ndarray]:
+    """The shared images' OpenAI pixels for `arch`, and the random-init model's eager fp32 features of them."""
+    loaded = load_source(None, arch)
+    pixels = np.stack([preprocess(image_bytes(n), loaded.spec.image_resolution) for n in IMAGE_NAMES])
+    with torch.no_grad():
+        return pixels, loaded.model(torch.from_numpy(pixels)).numpy()
+
+
+def serve_shared_images(repository: Path) -> tuple[np.ndarray, dict]:
+    """The shared images' features from a real server on `repository`, and clip_visual's config as served."""
+    with running_server(repository) as server:
+        served = infer(server.grpc_url, [image_bytes(n) for n in IMAGE_NAMES])
+        client = tritonclient.grpc.InferenceServerClient(server.grpc_url)
+        config = client.get_model_config("clip_visual", as_json=True)["config"]
+        client.close()
+    return served, config
 
 
 def int8_features(repository: Path, pixels: np.ndarray) -> np.ndarray:
@@ -44,20 +54,13 @@ def int8_features(repository: Path, pixels: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("arch", ["ViT-B/32", "RN50"])
 def test_int8_features_stay_within_cosine_0999_of_fp32(arch: str, int8_export: Callable[[str], Path]) -> None:
     tmp_path = int8_export(arch)
-    loaded = load_source(None, arch)
-    pixels = np.stack([preprocess(image_bytes(n), loaded.spec.image_resolution) for n in IMAGE_NAMES])
-    with torch.no_grad():
-        fp32 = loaded.model(torch.from_numpy(pixels)).numpy()
+    pixels, fp32 = shared_images_in_fp32(arch)
     int8 = int8_features(tmp_path, pixels)
     assert int8.shape == fp32.shape
     assert cosines(int8, fp32).min() >= 0.999
     assert not np.allclose(int8, fp32, rtol=1e-4, atol=1e-4)  # it really is another computation
     if arch == "ViT-B/32":  # and it serves, labelled as int8
-        with running_server(tmp_path) as server:
-            served = infer(server.grpc_url, [image_bytes(n) for n in IMAGE_NAMES])
-            client = tritonclient.grpc.InferenceServerClient(server.grpc_url)
-            config = client.get_model_config("clip_visual", as_json=True)["config"]
-            client.close()
+        served, config = serve_shared_images(tmp_path)
         assert cosines(served, fp32).min() >= 0.999
         assert config["parameters"]["weights"]["string_value"] == "random-init:ViT-B/32:seed=0:int8"
         assert config["parameters"]["runtime"]["string_value"] == "openvino"

@@ -19,12 +19,12 @@ def parse(content: bytes) -> pb.ModelConfig:
     return text_format.Parse(content.decode(), pb.ModelConfig())
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("fmt, precision", [("onnx", "fp32"), ("torchscript", "fp32"), ("onnx", "bf16"), ("onnx", "int8")])
 @pytest.mark.parametrize("target", ["cpu", "gpu"])
 @pytest.mark.parametrize("arch", ["ViT-B/32", "ViT-L/14@336px", "RN50x4"])
-def test_every_config_parses_and_follows_the_contract(fmt: str, target: str, arch: str) -> None:
+def test_every_config_parses_and_follows_the_contract(fmt: str, precision: str, target: str, arch: str) -> None:
     spec = named_architecture(arch)
-    files = render_repository(spec, RepositoryOptions(fmt=fmt, target=target))
+    files = render_repository(spec, RepositoryOptions(fmt=fmt, target=target, precision=precision))
     configs = {path.split("/")[0]: parse(content) for path, content in files.items() if path.endswith("config.pbtxt")}
     r, d = spec.image_resolution, spec.embed_dim
 
@@ -49,7 +49,12 @@ def test_every_config_parses_and_follows_the_contract(fmt: str, target: str, arc
     for config in configs.values():
         assert config.max_batch_size == ensemble.max_batch_size
 
-    if target == "gpu":
+    if target == "gpu" and precision != "fp32":  # OpenVINO IR: the native OpenVINO backend, on CPU
+        assert (visual.backend, visual.platform, visual.default_model_filename) == ("openvino", "", "model.xml")
+        assert visual.instance_group[0].kind == pb.ModelInstanceGroup.KIND_CPU
+        assert ("HINT_BF16" in visual.parameters) == (precision == "bf16")
+        assert f"{contract.VISUAL_MODEL}/1/model.py" not in files
+    elif target == "gpu":
         expected = {"onnx": ("onnxruntime", "onnxruntime_onnx", "model.onnx"),
                     "torchscript": ("pytorch", "pytorch_libtorch", "model.pt")}[fmt]
         assert (visual.backend, visual.platform, visual.default_model_filename) == expected
@@ -58,8 +63,14 @@ def test_every_config_parses_and_follows_the_contract(fmt: str, target: str, arc
     else:
         assert visual.backend == "python" and visual.instance_group[0].kind == pb.ModelInstanceGroup.KIND_CPU
         expected_runtime = {"onnx": "openvino" if spec.family == "VisionTransformer" else "onnxruntime",
-                            "torchscript": "torchscript"}[fmt]
+                            "torchscript": "torchscript"}[fmt] if precision == "fp32" else "openvino"
         assert visual.parameters["runtime"].string_value == expected_runtime
+        assert visual.parameters["artifact"].string_value == {"fp32": f"model.{'onnx' if fmt == 'onnx' else 'pt'}",
+                                                              "bf16": "model.xml", "int8": "model.xml"}[precision]
+        if expected_runtime == "openvino":  # bf16 only where asked for: fp32 and int8 hold the rest to fp32
+            assert visual.parameters["inference_precision"].string_value == ("bf16" if precision == "bf16" else "f32")
+        else:
+            assert "inference_precision" not in visual.parameters
         assert f"{contract.VISUAL_MODEL}/1/model.py" in files
 
 

@@ -1,7 +1,7 @@
 """The bf16 variant: the fp32 export as OpenVINO IR, computed in bfloat16 by OpenVINO (AMX on CPUs that have it).
 
 Why this way (bench/report/cpu-variants.md): on our AMX VM, ViT-B/32 alone at batch 16 runs 145 images/s
-in bf16 against 42 in fp32, at cosine 0.99995 to fp32. Nothing is calibrated: the weights stay fp32 in
+in bf16 against 42 in fp32, at cosine 0.99994 to fp32 on the calibration images. Nothing is calibrated: the weights stay fp32 in
 the IR (no fp16 compression on the way) and OpenVINO rounds weights and activations to bf16 when it
 compiles and runs the model, so one file serves every CPU. The export still checks the result on the
 calibration images against fp32 and refuses below the minimum cosine, as the int8 export does. On a CPU

@@ -135,4 +135,3 @@ def _resnet_qdq(fp32_path: Path, out_path: Path, calibration: np.ndarray) -> Non
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
                     nodes_to_exclude=keep_fp32, calibrate_method=CalibrationMethod.MinMax)
     prepared.unlink()
-
