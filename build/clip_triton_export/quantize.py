@@ -57,7 +57,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, spec: VisualSpec, calibration
     if len(calibration) == 0:
         raise ValueError("int8 needs calibration images (--calibration-images)")
     with quiet():
-        reference = features(openvino.Core().read_model(str(fp32_path)), calibration, "int8")
+        reference = features(openvino.Core().read_model(str(fp32_path)), calibration, "fp32")
         if isinstance(spec, ResNetSpec):
             qdq = out_path.with_suffix(".qdq.onnx")
             _resnet_qdq(fp32_path, qdq, calibration)
