@@ -11,7 +11,7 @@ from typing import Callable, Iterator
 import numpy as np
 import pytest
 
-from clip_triton.server import TritonServer, local_server
+from clip_triton_serve import TritonServer, local_server
 from clip_triton_export.pipeline import export_repository
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -20,7 +20,9 @@ from typing import Iterator
 import promql_parser
 import yaml
 
-from clip_triton.server import _environment, _prepare_backends, free_ports, triton_home
+from clip_triton_serve import free_ports
+from clip_triton_serve.installation import local_environment, local_installation, triton_home
+from clip_triton_serve.probes import is_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -56,7 +58,7 @@ def compose() -> dict:
 def tritonserver_flags() -> frozenset[str]:
     """Every option the local tritonserver (the same 2.51 as the pinned image) says it accepts."""
     home = triton_home()
-    result = subprocess.run([str(home / "bin" / "tritonserver"), "--help"], env=_environment(home),
+    result = subprocess.run([str(home / "bin" / "tritonserver"), "--help"], env=local_environment(home),
                             capture_output=True, text=True, timeout=60)
     text = result.stdout + result.stderr
     return frozenset(line.split()[0] for line in text.splitlines() if line.startswith("  --"))
@@ -143,10 +145,10 @@ class EntrypointServer:
         return f"http://127.0.0.1:{self.ports['METRICS_PORT']}/metrics"
 
 
-def entrypoint_environment(repository: Path, backends: Path, ports: dict[str, int], **extra: str) -> dict[str, str]:
-    home = triton_home()
-    return {**_environment(home), **{k: str(v) for k, v in ports.items()},
-            "TRITONSERVER": str(home / "bin" / "tritonserver"), "BACKEND_DIRECTORY": str(backends),
+def entrypoint_environment(repository: Path, workdir: Path, ports: dict[str, int], **extra: str) -> dict[str, str]:
+    installation = local_installation(workdir)
+    return {**installation.environment, **{k: str(v) for k, v in ports.items()},
+            "TRITONSERVER": str(installation.binary), "BACKEND_DIRECTORY": str(installation.backends),
             "MODEL_REPOSITORY": str(repository), "TRITON_ADDRESS": "127.0.0.1", **extra}
 
 
@@ -154,9 +156,8 @@ def entrypoint_environment(repository: Path, backends: Path, ports: dict[str, in
 def entrypoint_server(repository: Path, args: list[str] = (), **extra_env: str) -> Iterator[EntrypointServer]:
     """Run start.py exactly as the image's ENTRYPOINT does; always stopped by PID (SIGTERM, then SIGKILL)."""
     workdir = Path(tempfile.mkdtemp(prefix="clip-triton-entrypoint-"))
-    backends = _prepare_backends(triton_home(), workdir)
     ports = dict(zip(("HTTP_PORT", "GRPC_PORT", "METRICS_PORT"), free_ports(3)))
-    env = entrypoint_environment(repository, backends, ports, **extra_env)
+    env = entrypoint_environment(repository, workdir, ports, **extra_env)
     log = workdir / "tritonserver.log"
     with open(log, "wb") as log_file:
         process = subprocess.Popen([sys.executable, str(START), *args], env=env, stdout=log_file,
@@ -164,7 +165,7 @@ def entrypoint_server(repository: Path, args: list[str] = (), **extra_env: str) 
     server = EntrypointServer(process, ports, log)
     try:
         deadline = time.monotonic() + 180
-        while not _ready(server):
+        while not is_ready(server.http_url):
             if process.poll() is not None:
                 raise RuntimeError(f"entrypoint exited with {process.returncode}:\n{log.read_text()[-3000:]}")
             if time.monotonic() > deadline:
@@ -181,8 +182,3 @@ def entrypoint_server(repository: Path, args: list[str] = (), **extra_env: str) 
                 process.wait()
 
 
-def _ready(server: EntrypointServer) -> bool:
-    try:
-        return http("GET", f"{server.http_url}/v2/health/ready")[0] == 200
-    except OSError:
-        return False

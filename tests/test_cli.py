@@ -6,13 +6,13 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from clip_triton.server import free_ports
+from clip_triton_serve import free_ports
+from clip_triton_serve.probes import is_ready
 from conftest import GOLDEN, IMAGE_NAMES, IMAGES, assert_features_match, golden_features
 
 pytestmark = pytest.mark.server
@@ -36,12 +36,9 @@ def wait_ready(http_port: int, process: subprocess.Popen, timeout_s: float = 180
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
+        if is_ready(f"http://127.0.0.1:{http_port}"):
+            return
+        time.sleep(0.3)
     raise AssertionError("server never became ready")
 
 

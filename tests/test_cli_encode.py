@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from clip_triton import ClipClient
-from clip_triton.server import free_port
+from clip_triton_serve import free_port
 from client_support import distinct_images, golden_rows
 from conftest import IMAGE_NAMES, IMAGES, assert_features_match
 

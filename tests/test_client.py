@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import clip_triton
 from clip_triton import ClipClient, InvalidInputError, ServerUnavailableError
-from clip_triton.server import free_port
+from clip_triton_serve import free_port
 from client_support import assert_rows_distinct, distinct_images, golden_rows, image_paths
 from conftest import IMAGE_NAMES, assert_features_match
 
@@ -155,9 +156,13 @@ def test_bad_connection_options_are_refused_before_connecting(tmp_path: Path) ->
         ClipClient("127.0.0.1:8001", ssl=True, root_certificates=tmp_path / "missing.pem")
 
 
-def test_the_client_imports_no_torch_or_onnx() -> None:
+def test_the_client_imports_no_torch_or_onnx_and_no_server_cli_or_demo_code() -> None:
     code = ("import sys, clip_triton; from clip_triton import ClipClient, AsyncClipClient; "
-            "heavy = [m for m in sys.modules if m.split('.')[0] in ('torch', 'onnx', 'onnxruntime')]; "
+            "heavy = [m for m in sys.modules if m.split('.')[0] in ('torch', 'onnx', 'onnxruntime', "
+            "'clip_triton_serve', 'clip_triton_cli', 'clip_triton_export')]; "
             "print(heavy); sys.exit(1 if heavy else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+    package = Path(clip_triton.__file__).parent
+    modules = sorted(path.stem for path in package.glob("*.py"))
+    assert not set(modules) & {"server", "cli", "demo", "encode_command", "feature_file"}, modules

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from clip_triton import AsyncClipClient, ClipClient, ClipError, InvalidImageError, ServerUnavailableError
-from clip_triton.server import free_port
+from clip_triton_serve import free_port
 from client_support import assert_rows_distinct, distinct_images, golden_rows, image_paths
 from conftest import GOLDEN, IMAGE_NAMES, assert_features_match
 
@@ -26,10 +26,13 @@ def test_async_encode_gives_openais_features_and_metadata(vit_server) -> None:
             assert await client.is_ready()
             await client.wait_until_ready(timeout=5)
             features = await client.encode([str(p) for p in image_paths()])
-            return features, client.embedding_dim, client.input_resolution
+            parameters = await client.model_parameters()
+            return features, client.embedding_dim, client.input_resolution, client.max_batch_size, parameters
 
-    features, dim, resolution = run(scenario())
-    assert (dim, resolution) == (32, 224)
+    features, dim, resolution, max_batch_size, parameters = run(scenario())
+    assert (dim, resolution, max_batch_size) == (32, 224, 64)
+    with ClipClient(vit_server.grpc_url) as client:
+        assert parameters == client.model_parameters() and parameters["weights"].startswith("checkpoint:")
     assert_features_match(features, golden_rows(IMAGE_NAMES))
 
 
@@ -91,3 +94,22 @@ def test_async_unreachable_server_is_reported_clearly() -> None:
 
     with pytest.raises(ServerUnavailableError, match=f"{url}.*UNAVAILABLE"):
         run(scenario())
+
+
+def test_the_async_client_has_every_argument_and_attribute_of_the_sync_one() -> None:
+    """"Same arguments, same results": every public name of ClipClient exists on AsyncClipClient (coroutines
+    where ClipClient blocks), and the constructors take the same arguments."""
+    import inspect
+
+    sync_names = {name for name in dir(ClipClient) if not name.startswith("_")}
+    async_names = {name for name in dir(AsyncClipClient) if not name.startswith("_")}
+    assert sync_names <= async_names, sync_names - async_names
+    assert inspect.signature(ClipClient.__init__) == inspect.signature(AsyncClipClient.__init__)
+    for name in sync_names - {"close"}:
+        sync_member, async_member = getattr(ClipClient, name), getattr(AsyncClipClient, name)
+        if isinstance(sync_member, property):
+            assert isinstance(async_member, property), name
+        elif callable(sync_member) and name not in ("iter_encode",):
+            parameters = list(inspect.signature(sync_member).parameters)
+            assert list(inspect.signature(async_member).parameters) == parameters, name
+            assert inspect.iscoroutinefunction(async_member), name

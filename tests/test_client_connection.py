@@ -9,7 +9,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from clip_triton import AsyncClipClient, ClipClient, RequestFailedError, ServerUnavailableError
-from clip_triton.server import free_port, free_ports
+from clip_triton_serve import free_port, free_ports
 from client_support import distinct_images, golden_rows, image_paths, self_signed_certificate
 from conftest import IMAGE_NAMES, assert_features_match, running_server
 

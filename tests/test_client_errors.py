@@ -8,7 +8,7 @@ import pytest
 from bad_inputs import bad_images
 from clip_triton import (ClipClient, ClipError, InvalidImageError, RequestFailedError, RetryPolicy,
                          ServerUnavailableError)
-from clip_triton.server import free_port
+from clip_triton_serve import free_port
 from client_support import golden_rows, image_paths, preprocess_stats
 from conftest import IMAGE_NAMES, assert_features_match
 

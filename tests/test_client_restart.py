@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from clip_triton import AsyncClipClient, ClipClient
-from clip_triton.server import TritonServer
+from clip_triton_serve import TritonServer
 from client_support import assert_rows_distinct, distinct_images
 from conftest import running_server
 

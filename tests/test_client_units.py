@@ -10,23 +10,10 @@ import pytest
 from PIL import Image
 
 from clip_triton.connection import EndpointPool
-from clip_triton.core import clean_message, element_reasons
-from clip_triton.feature_file import FeatureFile
+from clip_triton_cli.feature_file import FeatureFile
 from clip_triton.inputs import UnreadableInput, describe, encode_array, encode_pil, to_bytes
 from clip_triton.retry import RetryPolicy, final_error
 from clip_triton.errors import RequestFailedError, ServerTimeoutError, ServerUnavailableError
-
-
-def test_element_reasons_parses_the_preprocessing_models_message() -> None:
-    message = ("in ensemble 'clip_image_encoder', IMAGE[1]: empty input (0 bytes); IMAGE[12]: not a recognised "
-               "image format (starts with b'a; IMAGE b'); IMAGE[3]: cannot decode image data: OSError: truncated")
-    assert element_reasons(message) == {
-        1: "empty input (0 bytes)",
-        12: "not a recognised image format (starts with b'a; IMAGE b')",
-        3: "cannot decode image data: OSError: truncated",
-    }
-    assert element_reasons("[request id: <id_unknown>] unexpected shape for input 'PIXEL_VALUES'") == {}
-    assert clean_message("[request id: 7] in ensemble 'clip_image_encoder', IMAGE[0]: x") == "IMAGE[0]: x"
 
 
 def test_backoff_grows_exponentially_with_jitter_up_to_the_cap() -> None:

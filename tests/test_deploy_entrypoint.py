@@ -10,7 +10,8 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
-from clip_triton.server import ServerOptions, restricted_protocol_args
+from clip_triton_serve import ServerOptions
+from clip_triton_serve.options import restricted_protocol_args
 from conftest import golden_checkpoint
 from deploy_support import ROOT, ADMIN_KEY, BUILDER, HEALTHCHECK, START, flag_name, load_script, tritonserver_flags
 
@@ -58,7 +59,7 @@ def test_every_entrypoint_flag_is_one_the_pinned_triton_accepts():
 
 
 def test_healthcheck_fails_when_nothing_listens():
-    from clip_triton.server import free_port
+    from clip_triton_serve import free_port
 
     env = {**os.environ, "HTTP_PORT": str(free_port())}
     assert subprocess.run([sys.executable, str(HEALTHCHECK)], env=env, timeout=30).returncode == 1
@@ -83,8 +84,9 @@ def test_builder_exports_a_checkpoint_for_the_gpu_and_skips_an_identical_rebuild
     first = _run_builder(env)
     assert first.returncode == 0, first.stderr
     visual = text_format.Parse((repository / "clip_visual" / "config.pbtxt").read_text(), pb.ModelConfig())
-    assert visual.backend == "onnxruntime" and visual.instance_group[0].kind == pb.ModelInstanceGroup.KIND_GPU
-    assert (repository / "clip_visual" / "1" / "model.onnx").stat().st_size > 0
+    assert visual.backend == "python" and visual.instance_group[0].kind == pb.ModelInstanceGroup.KIND_GPU
+    assert visual.input[0].data_type == pb.TYPE_FP16 and visual.parameters["weights"].string_value.endswith(":fp16")
+    assert (repository / "clip_visual" / "1" / "model.pt").stat().st_size > 0
     for model in ("clip_preprocess", "clip_image_encoder"):
         text_format.Parse((repository / model / "config.pbtxt").read_text(), pb.ModelConfig())
     assert "RANDOM" not in first.stderr

@@ -20,7 +20,7 @@ from tritonclient.grpc import model_config_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
 from clip_triton import contract
-from clip_triton.server import ADMIN_HEADER
+from clip_triton_serve.options import ADMIN_HEADER
 from conftest import IMAGES, export_golden
 from deploy_support import (ADMIN_KEY, APPLY_OVERRIDES, HEALTHCHECK, K8S, entrypoint_server, http, label_names,
                             load_script, load_yaml, parse_exposition, selectors)
@@ -189,7 +189,7 @@ def test_entrypoint_drains_then_stops_on_sigterm_and_exits_1_when_a_stub_dies(tm
     Python-backend stub (which Triton 2.51 neither restarts nor reports) ends the container with 1."""
     import concurrent.futures
 
-    from clip_triton.server import child_processes
+    from clip_triton_serve.procfs import child_processes
     from conftest import image_bytes
     from test_server import infer
 

@@ -17,7 +17,9 @@ from tritonclient.utils import InferenceServerException
 
 from clip_triton import contract
 from clip_triton.client import ClipClient, ClipError
-from clip_triton.server import child_processes, free_ports, requests_in_flight
+from clip_triton_serve import free_ports
+from clip_triton_serve.probes import requests_in_flight
+from clip_triton_serve.procfs import child_processes
 from conftest import IMAGE_NAMES, assert_features_match, export_golden, golden_features, image_bytes, running_server
 from test_cli import CLI, listening_addresses, wait_ready
 from test_server import infer

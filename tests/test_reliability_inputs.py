@@ -18,7 +18,7 @@ from tritonclient.utils import InferenceServerException
 
 from bad_inputs import bad_images, decompression_bomb_png
 from clip_triton import contract
-from clip_triton.server import TritonServer
+from clip_triton_serve import TritonServer
 from conftest import IMAGE_NAMES, ROOT, assert_features_match, export_golden, golden_features, image_bytes, running_server
 from crafted_inputs import animated, encode, frames, hostile_images
 from test_server import assert_good_served_and_bad_refused, infer, interleaved_good_and_bad, send_concurrently

@@ -18,8 +18,9 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from clip_triton import contract
-from clip_triton.cli import _server_options
-from clip_triton.server import ADMIN_HEADER, TritonServer
+from clip_triton_cli.serve_command import server_options as _server_options
+from clip_triton_serve import TritonServer
+from clip_triton_serve.options import ADMIN_HEADER
 from conftest import assert_features_match, golden_features, image_bytes, running_server
 from test_server import infer
 

@@ -1,7 +1,9 @@
 """Checkpoint (or random init) -> artifact -> complete model repository: what `clip-triton export` does."""
 from __future__ import annotations
 
+import dataclasses
 import tempfile
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,8 @@ from .architectures import named_architecture
 from .checkpoint import LoadedVisual, load_checkpoint, random_visual
 from .export import export_visual
 from .bf16 import convert_bf16
-from .precision import MIN_COSINE
+from .half import export_fp16
+from .precision import MIN_COSINE, OPENVINO_PRECISIONS
 from .quantize import quantize_int8
 from .repository import (RepositoryOptions, artifact_bytes, artifact_name, artifact_path, render_repository,
                          write_repository)
@@ -24,20 +27,29 @@ def load_source(checkpoint: Path | None, random_init: str | None, seed: int = 0)
     return random_visual(named_architecture(random_init), random_init, seed)
 
 
-SAMPLE_IMAGES = Path(__file__).resolve().parents[2] / "examples" / "images"
+def sample_images() -> Path:
+    """The images shipped inside this package (a photo, a drawing-like PNG with alpha, a JPEG): the default
+    calibration set, found wherever the package is installed."""
+    return Path(str(resources.files("clip_triton_export").joinpath("sample_images")))
 
 
-def export_repository(repository: Path, checkpoint: Path | None = None, random_init: str | None = None,
-                      seed: int = 0, configs_only: bool = False, precision: str = "fp32",
-                      calibration_images: Path | None = None, min_cosine: float = MIN_COSINE,
-                      **options) -> str:
+def export_repository(repository: Path, options: RepositoryOptions | None = None, *,
+                      checkpoint: Path | None = None, random_init: str | None = None, seed: int = 0,
+                      configs_only: bool = False, calibration_images: Path | None = None,
+                      min_cosine: float = MIN_COSINE, **fields) -> str:
     """Write the repository; returns a one-paragraph summary for people. The model is built before
-    anything in `repository` is replaced, so a failed export leaves a previous one intact."""
-    RepositoryOptions(precision=precision, **options)  # refuse bad options before loading any weights
+    anything in `repository` is replaced, so a failed export leaves a previous one intact.
+
+    `options` (or, for short, its fields as keyword arguments) say what to build; they are checked before
+    any weights are loaded."""
+    if options is not None and fields:
+        raise TypeError("give either RepositoryOptions or its fields, not both")
+    options = options or RepositoryOptions(**fields)
+    precision = options.precision
     repository = Path(repository)
     loaded = load_source(checkpoint, random_init, seed)
     weights = None if configs_only else f"{loaded.source}" + (f":{precision}" if precision != "fp32" else "")
-    repo_options = RepositoryOptions(weights=weights, precision=precision, **options)
+    repo_options = dataclasses.replace(options, weights=weights)
     files = render_repository(loaded.spec, repo_options)
     lines = [f"wrote {repository}: {len(files)} files ({repo_options.fmt}, target {repo_options.target})",
              f"  architecture: {loaded.spec}"]
@@ -45,9 +57,12 @@ def export_repository(repository: Path, checkpoint: Path | None = None, random_i
     with tempfile.TemporaryDirectory(prefix=".export-", dir=repository) as staging:
         if not configs_only:
             staged = Path(staging) / artifact_name(repo_options)
-            if precision in ("bf16", "int8"):
+            if precision == "fp16":
+                pixels = calibration_pixels(calibration_images or sample_images(), loaded.spec.image_resolution)
+                lines.append(f"  {export_fp16(loaded.model, loaded.spec, staged, pixels, min_cosine).describe()}")
+            elif precision in OPENVINO_PRECISIONS:
                 fp32 = export_visual(loaded.model, loaded.spec, "onnx", Path(staging) / "model.fp32.onnx")
-                pixels = calibration_pixels(calibration_images or SAMPLE_IMAGES, loaded.spec.image_resolution)
+                pixels = calibration_pixels(calibration_images or sample_images(), loaded.spec.image_resolution)
                 if precision == "int8":
                     variant = quantize_int8(fp32, staged, loaded.spec, pixels, min_cosine)
                 else:
@@ -70,7 +85,7 @@ def export_repository(repository: Path, checkpoint: Path | None = None, random_i
 def calibration_pixels(folder: Path, resolution: int) -> np.ndarray:
     """OpenAI-preprocessed pixels of the images in `folder` (and their mirror images): int8 calibrates on them,
     and both reduced precisions are checked against fp32 on them."""
-    from clip_triton.encode_command import find_images
+    from clip_triton.image_files import find_images
     from clip_triton.transform import preprocess
 
     pixels = [preprocess(path.read_bytes(), resolution) for path in find_images([folder])]

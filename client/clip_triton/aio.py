@@ -39,8 +39,8 @@ class AsyncClipClient(ClientBase):
     >>> async with AsyncClipClient("127.0.0.1:8001") as client:
     ...     features = await client.encode(["cat.jpg", "dog.png"])
 
-    `embedding_dim` and `input_resolution` are available after `await client.model_info()` (or any
-    encode call) has read them from the server.
+    `embedding_dim`, `input_resolution` and `max_batch_size` are available after `await client.model_info()`
+    (or any encode call) has read them from the server.
     """
 
     def _open_clients(self) -> dict[str, aioclient.InferenceServerClient] | None:
@@ -93,10 +93,18 @@ class AsyncClipClient(ClientBase):
     def input_resolution(self) -> int:
         return self._known_info().input_resolution
 
+    @property
+    def max_batch_size(self) -> int:
+        return self._known_info().max_batch_size
+
     def _known_info(self) -> ModelInfo:
         if self.core.info is None:
             raise ClipError("model metadata not read yet: `await client.model_info()` first")
         return self.core.info
+
+    async def model_parameters(self) -> dict[str, str]:
+        """See ClipClient.model_parameters."""
+        return await self._run(self.core.model_parameters())
 
     async def is_ready(self) -> bool:
         for call in self.core.readiness_calls():

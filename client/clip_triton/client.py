@@ -16,7 +16,6 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from . import contract
 from .core import (Call, ClientBase, EncodeOptions, ModelInfo, Sleep, Steps, T, check_images_argument,
                    check_on_error, finalize, load_chunk, plan_chunks)
 from .errors import ClipError, ServerUnavailableError
@@ -118,10 +117,7 @@ class ClipClient(ClientBase):
 
     def model_parameters(self) -> dict[str, str]:
         """String parameters of `clip_visual`'s config (e.g. `weights`, the provenance of the weights)."""
-        response = self._run(self.core.call("get_model_config", context="reading clip_visual's config",
-                                            model_name=contract.VISUAL_MODEL, as_json=True))
-        parameters = response["config"].get("parameters", {})
-        return {key: value.get("string_value", "") for key, value in parameters.items()}
+        return self._run(self.core.model_parameters())
 
     # -- encoding ---------------------------------------------------------------------------------
     def encode(self, images: Iterable[ImageInput], *, normalize: bool = False, batch_size: int | None = None,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +64,7 @@ class ModelInfo:
     input_resolution: int
     max_batch_size: int  # of the ensemble: images per request
     visual_max_batch_size: int  # of clip_visual: pixel tensors per request
+    pixels_datatype: str = "FP32"  # clip_visual's PIXEL_VALUES type: FP16 on the fp16 GPU target
 
 
 @dataclass
@@ -156,32 +156,15 @@ def load_chunk(chunk: Chunk, client_preprocess_size: int | None = None,
     return LoadedChunk(chunk.start, len(chunk.items), payload, failures, labels, paths)
 
 
-_ELEMENT = re.compile(rf"{contract.IMAGE_INPUT}\[(\d+)\]: ")
-_PREFIXES = (re.compile(r"^\[request id: [^\]]*\] "), re.compile(r"^in ensemble '[^']*', "))
-
-
 def clean_message(message: str) -> str:
     """The server's reason without Triton's request-id and ensemble prefixes."""
-    for prefix in _PREFIXES:
-        message = prefix.sub("", message)
-    return message
+    return contract.strip_triton_prefixes(message)
 
 
-def element_reasons(message: str) -> dict[int, str]:
-    """Parse clip_preprocess's "IMAGE[i]: reason; IMAGE[j]: reason" into {i: reason}."""
-    message = clean_message(message)
-    matches = list(_ELEMENT.finditer(message))
-    reasons = {}
-    for match, following in zip(matches, matches[1:] + [None]):
-        end = following.start() if following else len(message)
-        reasons[int(match.group(1))] = message[match.end():end].rstrip().removesuffix(";")
-    return reasons
-
-
-def _dims(config: dict, section: str, name: str) -> list[int]:
+def _tensor(config: dict, section: str, name: str) -> dict:
     for tensor in config.get(section, []):
         if tensor["name"] == name:
-            return [int(d) for d in tensor["dims"]]
+            return tensor
     raise RequestFailedError(f"model {config.get('name')!r} has no {section} tensor {name!r}; is this a clip-triton server?")
 
 
@@ -237,13 +220,22 @@ class ClientCore:
                                             timeout=METADATA_TIMEOUT_S, model_name=model, as_json=True)
             configs[model] = response["config"]
         ensemble, visual = configs[contract.ENSEMBLE_MODEL], configs[contract.VISUAL_MODEL]
+        pixels = _tensor(visual, "input", contract.PIXELS_TENSOR)
         self.info = ModelInfo(
-            embedding_dim=_dims(ensemble, "output", contract.EMBEDDING_OUTPUT)[-1],
-            input_resolution=_dims(visual, "input", contract.PIXELS_TENSOR)[-1],
+            embedding_dim=int(_tensor(ensemble, "output", contract.EMBEDDING_OUTPUT)["dims"][-1]),
+            input_resolution=int(pixels["dims"][-1]),
             max_batch_size=int(ensemble.get("max_batch_size", 0)) or 1,
             visual_max_batch_size=int(visual.get("max_batch_size", 0)) or 1,
+            pixels_datatype=pixels.get("data_type", "TYPE_FP32").removeprefix("TYPE_"),
         )
         return self.info
+
+    def model_parameters(self) -> Steps[dict[str, str]]:
+        """String parameters of `clip_visual`'s config (e.g. `weights`, the provenance of the weights)."""
+        response = yield from self.call("get_model_config", context=f"reading {contract.VISUAL_MODEL}'s config",
+                                        timeout=METADATA_TIMEOUT_S, model_name=contract.VISUAL_MODEL, as_json=True)
+        parameters = response["config"].get("parameters", {})
+        return {key: value.get("string_value", "") for key, value in parameters.items()}
 
     def options_for(self, info: ModelInfo, *, normalize: bool, batch_size: int | None, concurrency: int | None,
                     show_progress: bool, timeout: float | None, preprocess: str) -> EncodeOptions:
@@ -281,7 +273,7 @@ class ClientCore:
                 rows.update(zip(group, outcome))
                 continue
             message = str(outcome.message() or outcome)
-            reasons = element_reasons(message)
+            reasons = contract.parse_image_errors(message)
             if reasons and max(reasons) < len(group):
                 for position, reason in reasons.items():
                     index = group[position]
@@ -303,10 +295,10 @@ class ClientCore:
         """Features [len(group), D], or the InferenceServerException that refuses some of the group."""
         if options.preprocess == "client":
             model = contract.VISUAL_MODEL
-            tensor = infer_input_pixels(np.stack([loaded.payload[i] for i in group]))
+            tensor = contract.pixels_input(np.stack([loaded.payload[i] for i in group]), self.info.pixels_datatype)
         else:
             model = contract.ENSEMBLE_MODEL
-            tensor = infer_input_images([loaded.payload[i] for i in group])
+            tensor = contract.image_input([loaded.payload[i] for i in group])
         outcome = yield from self.call(
             "infer", context=f"encoding inputs {group[0]}..{group[-1]}", timeout=options.timeout,
             returned_statuses=frozenset({"INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"}),
@@ -334,7 +326,7 @@ class ClientCore:
     def encode_pixels_chunk(self, pixels: np.ndarray, start: int, timeout: float | None) -> Steps[np.ndarray]:
         outcome = yield from self.call(
             "infer", context=f"encoding pixel rows {start}..{start + len(pixels) - 1}", timeout=timeout,
-            model_name=contract.VISUAL_MODEL, inputs=[infer_input_pixels(pixels)],
+            model_name=contract.VISUAL_MODEL, inputs=[contract.pixels_input(pixels, self.info.pixels_datatype)],
             outputs=[grpcclient.InferRequestedOutput(contract.EMBEDDING_OUTPUT)],
             compression_algorithm=self.options.compression,
         )
@@ -346,20 +338,6 @@ class ClientCore:
         for url in self.options.urls:
             yield Call(url, "is_model_ready", {"model_name": contract.ENSEMBLE_MODEL, "headers": headers,
                                                 "client_timeout": METADATA_TIMEOUT_S})
-
-
-def infer_input_images(blobs: list[bytes]) -> grpcclient.InferInput:
-    tensor = grpcclient.InferInput(contract.IMAGE_INPUT, [len(blobs), 1], "BYTES")
-    data = np.empty((len(blobs), 1), dtype=np.object_)
-    data[:, 0] = blobs
-    tensor.set_data_from_numpy(data)
-    return tensor
-
-
-def infer_input_pixels(pixels: np.ndarray) -> grpcclient.InferInput:
-    tensor = grpcclient.InferInput(contract.PIXELS_TENSOR, list(pixels.shape), "FP32")
-    tensor.set_data_from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
-    return tensor
 
 
 def embeddings(result: Any, rows: int, dim: int) -> np.ndarray:

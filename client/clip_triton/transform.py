@@ -67,14 +67,18 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         raise ImageRejected(f"not a recognised image format (starts with {data[:12]!r})") from None
     except Exception as error:  # Pillow raises many types for foreign data
         raise ImageRejected(f"not a decodable image: {_describe(error)}") from None
-    width, height = image.size
+    check_declared_size(*image.size, max_pixels)
+    return image
+
+
+def check_declared_size(width: int, height: int, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
+    """Refuse an image whose header declares no pixels or more than `max_pixels`."""
     if width <= 0 or height <= 0:
         raise ImageRejected(f"image has no pixels ({width}x{height})")
     if width * height > max_pixels:
         raise ImageRejected(
             f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
         )
-    return image
 
 
 def decode_png_fast(image: Image.Image, data: bytes) -> Image.Image:
@@ -107,6 +111,18 @@ def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
     return int(size * width / height), size
 
 
+def resize_plan(width: int, height: int, size: int, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[int, int, int, int]:
+    """(resized width, resized height, crop top, crop left) of Resize(size) then CenterCrop(size), refusing an
+    aspect ratio so extreme that the resized image would exceed `max_pixels`. CenterCrop's offsets use
+    Python's round (half to even), as torchvision does."""
+    new_width, new_height = resized_size(width, height, size)
+    if new_width * new_height > max_pixels:
+        raise ImageRejected(
+            f"aspect ratio too extreme: {width}x{height} would be resized to {new_width}x{new_height}"
+        )
+    return new_width, new_height, int(round((new_height - size) / 2.0)), int(round((new_width - size) / 2.0))
+
+
 def draft_for_size(image: Image.Image, size: int) -> Image.Image:
     """Opt-in fast path for big JPEGs: let libjpeg decode at 1/2, 1/4 or 1/8 scale (DCT-domain
     downscaling), keeping the shorter side at least twice `size` so the bicubic resize still does the
@@ -134,16 +150,10 @@ def resize_and_crop(image: Image.Image, size: int, max_pixels: int = DEFAULT_MAX
     if fast_jpeg:
         image = draft_for_size(image, size)
     width, height = image.size
-    new_width, new_height = resized_size(width, height, size)
-    if new_width * new_height > max_pixels:
-        raise ImageRejected(
-            f"aspect ratio too extreme: {width}x{height} would be resized to {new_width}x{new_height}"
-        )
+    new_width, new_height, top, left = resize_plan(width, height, size, max_pixels)
     try:
         if (new_width, new_height) != (width, height):
             image = image.resize((new_width, new_height), Image.BICUBIC)
-        top = int(round((new_height - size) / 2.0))
-        left = int(round((new_width - size) / 2.0))
         image = image.crop((left, top, left + size, top + size)).convert("RGB")
         return np.asarray(image, dtype=np.uint8)
     except ImageRejected:

@@ -14,6 +14,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY client ./client
 COPY build ./build
+COPY serve ./serve
+COPY cli ./cli
 RUN pip install ".[export]"
 
 COPY deploy/docker/builder/build-repository.sh /usr/local/bin/build-repository

@@ -15,14 +15,16 @@ import triton_python_backend_utils as pb_utils
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from clip_executing_gauge import ExecutingGauge  # noqa: E402  (shipped beside this file)
+from clip_batching import gather_images, respond  # noqa: E402  (shipped beside this file)
+from clip_contract import PIXELS_TENSOR  # noqa: E402  (likewise)
+from clip_executing_gauge import ExecutingGauge  # noqa: E402  (likewise)
 from clip_transform import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, preprocess_batch  # noqa: E402  (likewise)
 
 
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
-        pixels = pb_utils.get_output_config_by_name(config, "PIXEL_VALUES")
+        pixels = pb_utils.get_output_config_by_name(config, PIXELS_TENSOR)
         self.size = int(pixels["dims"][-1])
         parameters = config.get("parameters", {})
         self.max_pixels = int(parameters.get("max_image_pixels", {}).get("string_value", DEFAULT_MAX_IMAGE_PIXELS))
@@ -39,27 +41,10 @@ class TritonPythonModel:
             return self._execute(requests)
 
     def _execute(self, requests):
-        images, counts = [], []
-        for request in requests:
-            blobs = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy().reshape(-1)
-            images.extend(bytes(blob) for blob in blobs)
-            counts.append(len(blobs))
+        images, counts = gather_images(requests)
         pixels, errors = preprocess_batch(images, self.size, self.max_pixels, self.max_bytes, self.fast_jpeg,
                                           self.map_images)
-
-        responses, first, good = [], 0, 0
-        for count in counts:
-            bad = {index - first: errors[index] for index in range(first, first + count) if index in errors}
-            if bad:
-                reasons = "; ".join(f"IMAGE[{index}]: {reason}" for index, reason in sorted(bad.items()))
-                error = pb_utils.TritonError(reasons, pb_utils.TritonError.INVALID_ARG)
-                responses.append(pb_utils.InferenceResponse(error=error))
-            else:
-                output = pb_utils.Tensor("PIXEL_VALUES", pixels[good:good + count])
-                responses.append(pb_utils.InferenceResponse(output_tensors=[output]))
-            good += count - len(bad)
-            first += count
-        return responses
+        return respond(counts, errors, lambda start, stop: pb_utils.Tensor(PIXELS_TENSOR, pixels[start:stop]))
 
     def finalize(self):
         if self.pool is not None:

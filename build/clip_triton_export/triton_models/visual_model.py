@@ -12,7 +12,9 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from clip_executing_gauge import ExecutingGauge  # noqa: E402  (shipped beside this file)
+from clip_batching import respond  # noqa: E402  (shipped beside this file)
+from clip_contract import EMBEDDING_OUTPUT, PIXELS_TENSOR  # noqa: E402  (likewise)
+from clip_executing_gauge import ExecutingGauge  # noqa: E402  (likewise)
 from clip_visual_runtime import open_configured_runner  # noqa: E402  (likewise)
 
 
@@ -29,15 +31,11 @@ class TritonPythonModel:
             return self._execute(requests)
 
     def _execute(self, requests):
-        batches = [pb_utils.get_input_tensor_by_name(r, "PIXEL_VALUES").as_numpy() for r in requests]
+        batches = [pb_utils.get_input_tensor_by_name(r, PIXELS_TENSOR).as_numpy() for r in requests]
         pixels = batches[0] if len(batches) == 1 else np.concatenate(batches)
         embeddings = np.ascontiguousarray(self.run(np.ascontiguousarray(pixels, dtype=np.float32)), dtype=np.float32)
-        responses, start = [], 0
-        for batch in batches:
-            output = pb_utils.Tensor("EMBEDDING", embeddings[start:start + len(batch)])
-            responses.append(pb_utils.InferenceResponse(output_tensors=[output]))
-            start += len(batch)
-        return responses
+        return respond([len(batch) for batch in batches], {},
+                       lambda start, stop: pb_utils.Tensor(EMBEDDING_OUTPUT, embeddings[start:stop]))
 
     def finalize(self):
         self.run.close()

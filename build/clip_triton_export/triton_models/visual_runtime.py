@@ -89,7 +89,8 @@ def _onnxruntime(path: str, threads: int, spinning: str) -> Run:
     options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
     session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     # One session serves concurrent calls; with one thread each call computes on its caller's thread.
-    return lambda pixels: session.run(["EMBEDDING"], {"PIXEL_VALUES": pixels})[0]
+    name = session.get_inputs()[0].name
+    return lambda pixels: session.run(None, {name: pixels})[0]
 
 
 def _openvino(path: str, threads: int, streams: int, precision: str) -> Run:

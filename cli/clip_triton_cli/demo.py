@@ -6,9 +6,9 @@ import sys
 
 import numpy as np
 
-from .encode_command import find_images
-from .client import ClipClient
-from .server import ServerOptions, TritonServer
+from clip_triton import ClipClient
+from clip_triton.image_files import find_images
+from clip_triton_serve import local_server
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -20,8 +20,7 @@ def run_demo(args: argparse.Namespace) -> int:
     if not paths:
         print(f"no images found under {', '.join(map(str, args.images))}", file=sys.stderr)
         return 1
-    options = ServerOptions.on_free_ports(args.repository.resolve())
-    with TritonServer(options) as server:
+    with local_server(args.repository.resolve()) as server:
         print(f"\ntritonserver ready (pid {server.pid}) on gRPC {server.grpc_url}")
         with ClipClient(server.grpc_url) as client:
             weights = client.model_parameters().get("weights", "?")

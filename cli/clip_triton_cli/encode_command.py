@@ -13,11 +13,11 @@ import sys
 import time
 from pathlib import Path
 
-from .client import ClipClient
-from .errors import ClipError
+from clip_triton import ClipClient, ClipError
+from clip_triton.image_files import find_images
+
 from .feature_file import FeatureFile
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
@@ -40,17 +40,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--header", action="append", default=[], metavar="KEY=VALUE",
                         help="gRPC metadata sent with every request, e.g. an auth token (repeatable)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def find_images(paths: list[Path]) -> list[Path]:
-    """Files as given, and image files under folders (recursively, sorted)."""
-    found: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        else:
-            found.append(path)
-    return found
 
 
 def _headers(pairs: list[str]) -> dict[str, str]:

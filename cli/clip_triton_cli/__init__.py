@@ -1,0 +1,1 @@
+"""clip_triton_cli: the `clip-triton` command (export, serve, encode, demo)."""
