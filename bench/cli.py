@@ -6,7 +6,6 @@ the server starts and the concurrency sweeps run; nothing else of ours runs besi
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import time
@@ -17,12 +16,14 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
 from clip_triton import contract
-from clip_triton.server import ServerOptions, TritonServer
+from clip_triton_serve import ServerOptions, TritonServer
 from clip_triton.transform import preprocess
 from clip_triton_export.repository import artifact_bytes
 
-from . import inprocess, machine, report, server_load
-from .workloads import Workload, phone_photos, small_photos
+from measure import loadgen, machine
+from measure.images import Workload, phone_photos, small_photos
+
+from . import inprocess, report
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_IMAGES = ROOT.parent / "shared" / "images"
@@ -130,7 +131,7 @@ def median_round(rounds: list[dict]) -> dict:
 
 def feature_check(url: str, workload: Workload, loaded, pixels: np.ndarray) -> dict:
     """Server features vs eager torch on the same pixels: a benchmark of a wrong server is worthless."""
-    served = asyncio.run(server_load.encode_all(url, [data for _, data in workload.images]))
+    served = loadgen.encode_all(url, workload.blobs())
     expected = inprocess.reference_features(loaded.model, pixels)
     cosine = (served * expected).sum(1) / np.linalg.norm(served, axis=1) / np.linalg.norm(expected, axis=1)
     relative = np.linalg.norm(served - expected, axis=1) / np.linalg.norm(expected, axis=1)
@@ -152,11 +153,11 @@ def run_server(args, repository: Path, workloads: dict[str, Workload], loaded, p
             f"max relative L2 {results['check']['max_relative_l2']:.2e}")
         results["sweeps"] = {}
         for name, workload in workloads.items():
-            images = [data for _, data in workload.images]
-            asyncio.run(server_load.encode_all(server.grpc_url, images))  # every image seen once before timing
+            images = workload.blobs()
+            loadgen.encode_all(server.grpc_url, images)  # every image seen once before timing
             say(f"server end to end, {name} ({len(images)} images)")
-            results["sweeps"][name] = server_load.sweep(server.grpc_url, images, args.concurrency, args.warmup,
-                                                        args.seconds, progress=say)
+            results["sweeps"][name] = loadgen.sweep(server.grpc_url, images, args.concurrency, args.warmup,
+                                                    args.seconds, progress=say)
         return results
     finally:
         server.stop()

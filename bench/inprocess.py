@@ -22,8 +22,8 @@ from torch import nn
 from clip_triton.transform import preprocess
 from clip_triton_export.triton_models.visual_runtime import open_configured_runner
 
-from .timing import repeat_for
-from .workloads import Workload
+from measure.images import Workload
+from measure.timing import repeat_for
 
 
 def _cycle_batches(images: Sequence[bytes], batch_size: int):
@@ -34,7 +34,7 @@ def _cycle_batches(images: Sequence[bytes], batch_size: int):
 
 def preprocessing_alone(workload: Workload, resolution: int, seconds: float) -> dict:
     """OpenAI's transform on encoded bytes, one image per step, single thread."""
-    batches = _cycle_batches([data for _, data in workload.images], 1)
+    batches = _cycle_batches(workload.blobs(), 1)
 
     def step() -> int:
         preprocess(next(batches)[0], resolution)
@@ -45,7 +45,7 @@ def preprocessing_alone(workload: Workload, resolution: int, seconds: float) -> 
 
 def seed_way(model: nn.Module, workload: Workload, resolution: int, batch_size: int, seconds: float) -> dict:
     """Decode + transform each image, stack, `encode_image` in eager fp32: images per second at a batch size."""
-    batches = _cycle_batches([data for _, data in workload.images], batch_size)
+    batches = _cycle_batches(workload.blobs(), batch_size)
     model = model.eval().float()
 
     def step() -> int:

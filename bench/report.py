@@ -73,6 +73,8 @@ def _machine_section(results: dict) -> list[str]:
         *[f"- CPU use during the {part.replace('_', '-')} part ({use['seconds']:.0f} s): this benchmark "
           f"{use['benchmark_cpus']:.2f} CPUs, other processes {use['other_cpus']:.2f}, stolen by the hypervisor "
           f"{use['stolen_cpus']:.2f} (from /proc/stat)" for part, use in results.get("cpu_use", {}).items()],
+        *[f"- GPU: {device['name']}, {device['memory_mib']} MiB, driver {device['driver'] or '?'}; CUDA "
+          f"{m['gpu']['cuda'] or '?'}, torch {m['gpu']['torch'] or '?'}" for device in (m.get("gpu") or {}).get("devices", [])],
         f"- Triton {results['server'].get('triton_version', '?')} (nvidia-pytriton wheel, no Docker); "
         f"Python {m['python']}; {packages}",
         "",

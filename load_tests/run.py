@@ -14,11 +14,10 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-from clip_triton.server import ServerOptions, TritonServer, is_loopback
+from clip_triton_serve import ServerOptions, TritonServer, is_loopback
 
-from . import slo
-
-LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
+from . import headless, slo
+from .headless import LOCUSTFILE
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -67,17 +66,8 @@ def target_server(args: argparse.Namespace) -> Iterator[str]:
 
 
 def locust_command(args: argparse.Namespace, url: str, prefix: Path) -> list[str]:
-    users = max(1, args.users)
-    command = [
-        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
-        "--users", str(users), "--spawn-rate", str(args.spawn_rate or users), "--run-time", args.run_time,
-        "--stop-timeout", "30", "--host", url, "--csv", str(prefix), "--html", f"{prefix}.html",
-        "--json-file", str(prefix), "--exit-code-on-error", "0",
-        "--images-per-request", str(args.images_per_request),
-    ]
-    if args.images:
-        command += ["--images", str(args.images.resolve())]
-    return command
+    return headless.locust_command(url, prefix, users=args.users, run_time=args.run_time, spawn_rate=args.spawn_rate,
+                                   images=args.images, images_per_request=args.images_per_request, html=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     for stale in args.out.glob("locust*"):
         stale.unlink()
     with target_server(args) as url:
-        completed = subprocess.run(locust_command(args, url, prefix))
+        completed = subprocess.run(locust_command(args, url, prefix), cwd=headless.ROOT)
     if completed.returncode != 0:
         print(f"locust exited with {completed.returncode}", file=sys.stderr)
         return 2

@@ -10,11 +10,11 @@ nothing to read.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from measure import locust_output
 
 
 @dataclass(frozen=True)
@@ -27,62 +27,38 @@ class LoadSummary:
     source: Path
 
 
-def histogram_percentile(response_times: dict[float, int], fraction: float) -> float:
-    """The smallest recorded response time that `fraction` of the requests did not exceed."""
-    total = sum(response_times.values())
-    if total == 0:
-        return 0.0
-    needed, seen = fraction * total, 0
-    for response_time in sorted(response_times):
-        seen += response_times[response_time]
-        if seen >= needed:
-            return float(response_time)
-    return float(max(response_times))
-
-
-def summary_from_json(path: Path) -> LoadSummary:
+def summary_from_json(prefix: Path) -> LoadSummary:
     """locust's `--json-file` output: one entry per request name, with a response-time histogram."""
-    entries = json.loads(path.read_text())
-    merged: dict[float, int] = {}
-    for entry in entries:
-        for response_time, count in entry["response_times"].items():
-            merged[float(response_time)] = merged.get(float(response_time), 0) + int(count)
+    entries = locust_output.stats(prefix)
     return LoadSummary(
         requests=sum(int(e["num_requests"]) for e in entries),
         failures=sum(int(e["num_failures"]) for e in entries),
-        p99_ms=histogram_percentile(merged, 0.99), source=path,
+        p99_ms=locust_output.histogram_percentile(locust_output.histogram(entries), 0.99),
+        source=Path(f"{prefix}.json"),
     )
 
 
-def summary_from_csv(path: Path) -> LoadSummary:
+def summary_from_csv(prefix: Path) -> LoadSummary:
     """The `Aggregated` row of locust's `<prefix>_stats.csv`."""
-    with open(path, newline="") as handle:
-        rows = [row for row in csv.DictReader(handle) if row["Name"] == "Aggregated"]
-    if not rows:
-        raise ValueError(f"{path}: no Aggregated row")
-    row = rows[-1]
+    row = locust_output.aggregated(prefix)
+    if row is None:
+        raise ValueError(f"{prefix}_stats.csv: no Aggregated row")
     p99 = row["99%"]
     return LoadSummary(requests=int(row["Request Count"]), failures=int(row["Failure Count"]),
-                       p99_ms=0.0 if p99 in ("", "N/A") else float(p99), source=path)
+                       p99_ms=0.0 if p99 in ("", "N/A") else float(p99), source=Path(f"{prefix}_stats.csv"))
 
 
 def read_summary(prefix: Path) -> LoadSummary:
-    json_path, csv_path = Path(f"{prefix}.json"), Path(f"{prefix}_stats.csv")
-    if json_path.is_file():
-        return summary_from_json(json_path)
-    if csv_path.is_file():
-        return summary_from_csv(csv_path)
-    raise FileNotFoundError(f"no locust results at {json_path} or {csv_path}")
+    if Path(f"{prefix}.json").is_file():
+        return summary_from_json(prefix)
+    if Path(f"{prefix}_stats.csv").is_file():
+        return summary_from_csv(prefix)
+    raise FileNotFoundError(f"no locust results at {prefix}.json or {prefix}_stats.csv")
 
 
 def failure_messages(prefix: Path, limit: int = 5) -> list[str]:
     """The first distinct failures locust recorded (`<prefix>_failures.csv`), with their counts."""
-    path = Path(f"{prefix}_failures.csv")
-    if not path.is_file():
-        return []
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    return [f"{row['Occurrences']}x {row['Name']}: {row['Error']}" for row in rows[:limit]]
+    return [f"{row['Occurrences']}x {row['Name']}: {row['Error']}" for row in locust_output.failures(prefix)[:limit]]
 
 
 def violations(summary: LoadSummary, max_failures: int, p99_ms: float) -> list[str]:

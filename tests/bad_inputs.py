@@ -1,23 +1,10 @@
 """Inputs that are not (acceptable) images, each with the reason the server must give for it."""
 from __future__ import annotations
 
-import struct
-import zlib
-
 from conftest import image_bytes
+from tools.crafted_images import decompression_bomb_png
 
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def decompression_bomb_png(side: int = 60000) -> bytes:
-    """A valid 1-bit PNG of side x side pixels (3.6 gigapixels by default) whose file is about 0.5 MB."""
-    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    row = b"\x00" * (1 + (side + 7) // 8)
-    compressor = zlib.compressobj(9)
-    body = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
-    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", body) + png_chunk(b"IEND", b"")
+__all__ = ["bad_images", "decompression_bomb_png"]
 
 
 def bad_images() -> dict[str, tuple[bytes, str]]:

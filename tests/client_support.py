@@ -2,27 +2,19 @@
 from __future__ import annotations
 
 import datetime
-import io
 import ipaddress
 from pathlib import Path
 
 import numpy as np
-import tritonclient.grpc as grpcclient
-from PIL import Image
 
 from conftest import IMAGE_NAMES, IMAGES, golden_features
+from measure import triton_stats
+from measure.images import noise_pngs
 
 
 def distinct_images(count: int, side: int = 40, seed: int = 0) -> list[bytes]:
     """`count` small PNGs of seeded noise: every one gives a clearly different feature vector."""
-    rng = np.random.default_rng(seed)
-    images = []
-    for _ in range(count):
-        pixels = rng.integers(0, 256, size=(side, side, 3), dtype=np.uint8)
-        buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
-        images.append(buffer.getvalue())
-    return images
+    return noise_pngs(count, side, seed, compress_level=1)
 
 
 def golden_rows(names: list[str], checkpoint: str = "tiny-vit-b32") -> np.ndarray:
@@ -44,9 +36,8 @@ def assert_rows_distinct(features: np.ndarray) -> None:
 
 def preprocess_stats(url: str) -> tuple[int, int]:
     """(inference_count, execution_count) of clip_preprocess: how many images and batches the server ran."""
-    with grpcclient.InferenceServerClient(url) as client:
-        stats = client.get_inference_statistics("clip_preprocess", as_json=True)["model_stats"][0]
-    return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+    counters = triton_stats.read(url, "clip_preprocess")["clip_preprocess"]
+    return counters["inference_count"], counters["execution_count"]
 
 
 def self_signed_certificate(directory: Path, name: str, host: str = "127.0.0.1") -> tuple[Path, Path]:

@@ -11,10 +11,7 @@ import zlib
 
 from PIL import Image
 
-from bad_inputs import png_chunk
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-TENS_OF_MB = 72 * 1024 * 1024  # above the default per-image limit of 64 MiB
+from tools.crafted_images import PNG_SIGNATURE, oversized_element, png_chunk
 
 
 def png_header_only(width: int, height: int) -> bytes:
@@ -55,11 +52,6 @@ def animated(fmt: str) -> bytes:
     """An animated GIF or PNG (APNG) of `frames()`."""
     first, *rest = frames()
     return encode(first, fmt, save_all=True, append_images=rest, duration=100, loop=0)
-
-
-def oversized_element(size: int = TENS_OF_MB) -> bytes:
-    """Tens of MB that start like a JPEG: far larger than any photo, refused on its size alone."""
-    return b"\xff\xd8\xff\xe0" + bytes(size - 4)
 
 
 def hostile_images() -> dict[str, tuple[bytes, str]]:

@@ -4,19 +4,17 @@ A smoke run, not a measurement: nothing here asserts a speed.
 """
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
-from bench import compare, report, triton_stats
+from bench import compare, report
 from bench.cli import median_round
-from bench.workloads import PHONE_SIZE, phone_photo
-from conftest import GOLDEN, IMAGES, ROOT
+from conftest import GOLDEN, ROOT
+from measure.images import PHONE_SIZE
 
 
 @pytest.mark.server
@@ -40,6 +38,8 @@ def test_bench_smoke_run_writes_a_complete_report(tmp_path: Path) -> None:
         for level in sweep:
             assert level["requests"] > 0 and level["errors"] == 0, (name, level)
             assert level["images_per_s"] > 0
+            assert (level["images_per_request"], level["processes"]) == (1, 1)  # today's levels: one image, one loop
+            assert level["requests_per_s"] == pytest.approx(level["images_per_s"], abs=1e-3)
             for stage in ("clip_preprocess", "clip_visual"):
                 stats = level["server_stats"][stage]
                 assert stats["executions"] > 0 and stats["avg_batch_size"] >= 1.0, (name, stage, stats)
@@ -54,6 +54,7 @@ def test_bench_smoke_run_writes_a_complete_report(tmp_path: Path) -> None:
     for heading in ("## Headline", "## Machine", "## Server end to end", "## Triton's breakdown", "## In process"):
         assert heading in text
     assert results["machine"]["cpu_model"] in text
+    assert "gpu" in results["machine"]  # None on a machine without one
     for plot in ("throughput.png", "latency.png"):
         assert (report_dir / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -65,31 +66,6 @@ def test_bench_smoke_run_writes_a_complete_report(tmp_path: Path) -> None:
 
     table = compare.comparison({"base": results, "variant": results})
     assert "| small: server images/s |" in table and "| phone: errors | 0 | 0 |" in table
-
-
-def test_statistics_window_gives_per_request_averages_and_batch_size() -> None:
-    def statistics(inferences: int, executions: int, requests: int, queue_ns: int, infer_ns: int) -> dict:
-        timed = {"count": str(requests)}
-        return {"model_stats": [{
-            "name": "clip_visual", "inference_count": str(inferences), "execution_count": str(executions),
-            "inference_stats": {"success": {**timed, "ns": str(queue_ns + infer_ns)}, "queue": {**timed, "ns": str(queue_ns)},
-                                "compute_infer": {**timed, "ns": str(infer_ns)}, "fail": {}},
-        }]}
-
-    before = triton_stats.snapshot(statistics(10, 10, 10, 1_000_000, 5_000_000))
-    after = triton_stats.snapshot(statistics(50, 20, 50, 9_000_000, 85_000_000))
-    window = triton_stats.window(before, after)["clip_visual"]
-    assert window["requests"] == 40 and window["executions"] == 10
-    assert window["avg_batch_size"] == 4.0
-    assert window["queue_ms"] == pytest.approx(0.2)  # 8 ms of queueing over 40 requests
-    assert window["compute_infer_ms"] == pytest.approx(2.0)
-    assert window["compute_input_ms"] == 0.0
-
-
-def test_phone_photo_is_a_12_megapixel_jpeg() -> None:
-    data = phone_photo(IMAGES / "chelsea.png")
-    with Image.open(io.BytesIO(data)) as image:
-        assert (image.format, image.size, image.mode) == ("JPEG", PHONE_SIZE, "RGB")
 
 
 def test_headline_ratios_compare_server_with_in_process() -> None:
@@ -111,3 +87,21 @@ def test_median_round_is_reported_with_every_round_in_measuring_order() -> None:
     chosen = median_round(rounds)
     assert chosen["images_per_s"] == 20.9 and chosen["steps"] == 12
     assert chosen["rounds_images_per_s"] == [20.4, 23.2, 20.9]
+
+
+@pytest.mark.server
+def test_client_overhead_reports_client_and_server_time_per_image(vit_server, tmp_path: Path) -> None:
+    """`python -m bench.client_overhead` against a running server: its report, with Triton's per-execution compute."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.client_overhead", "--url", vit_server.grpc_url, "--images", "96",
+         "--batch-size", "32", "--report", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode in (0, 1), completed.stdout + completed.stderr  # 1: over the 5 % budget
+    result = json.loads((tmp_path / "client_overhead.json").read_text())
+    assert result["images"] == 96 and result["batch_size"] == 32
+    assert result["client_cpu_ms_per_image"] > 0 and result["server_compute_ms_per_image"] > 0
+    assert set(result["server_compute_ms_per_image_by_model"]) == {"clip_preprocess", "clip_visual"}
+    assert result["server_cpu_ms_per_image"] is None  # an external server: no process group to read
+    assert "logical CPUs" in result["machine"]
+    assert "**client CPU per image:" in (tmp_path / "client_overhead.md").read_text()

@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 
 from clip_triton import contract
-from clip_triton.server import free_port
+from clip_triton_serve import free_port
 from conftest import GOLDEN, IMAGES, ROOT, running_server
 from load_tests import slo
+from load_tests.request_names import BAD_IMAGE_REFUSED
+from measure import locust_output
 
 LOCUSTFILE = ROOT / "load_tests" / "locustfile.py"
 
@@ -100,10 +102,23 @@ def test_slo_reads_the_csv_and_judges_it(tmp_path: Path) -> None:
 
 def test_histogram_percentile_is_the_smallest_time_covering_the_fraction() -> None:
     times = {10: 98, 20: 1, 500: 1}
-    assert slo.histogram_percentile(times, 0.98) == 10
-    assert slo.histogram_percentile(times, 0.99) == 20
-    assert slo.histogram_percentile(times, 1.0) == 500
-    assert slo.histogram_percentile({}, 0.99) == 0.0
+    assert locust_output.histogram_percentile(times, 0.98) == 10
+    assert locust_output.histogram_percentile(times, 0.99) == 20
+    assert locust_output.histogram_percentile(times, 1.0) == 500
+    assert locust_output.histogram_percentile({}, 0.99) == 0.0
+
+
+@pytest.mark.server
+def test_bad_images_are_refused_as_expected_and_names_say_the_outcome(vit_server, tmp_path: Path) -> None:
+    """The soak's and the overload report's options: every third request of a user a known-bad image, refused
+    with INVALID_ARGUMENT (a success under its own name); other requests named by outcome."""
+    prefix = tmp_path / "run"
+    assert run_locust(vit_server.grpc_url, prefix, "--bad-image-every", "3", "--name-by-outcome", "--json-file",
+                      str(prefix), run_time="3s") == 0
+    entries = {entry["name"]: entry for entry in locust_output.stats(prefix)}
+    assert set(entries) == {BAD_IMAGE_REFUSED, f"{contract.ENSEMBLE_MODEL} [1 image(s)]: accepted"}, set(entries)
+    assert entries[BAD_IMAGE_REFUSED]["num_requests"] > 0
+    assert sum(entry["num_failures"] for entry in entries.values()) == 0
 
 
 @pytest.mark.server

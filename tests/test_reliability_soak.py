@@ -1,18 +1,16 @@
-"""A few-second smoke of `make soak` (issue 5, "Faults"): the tool runs end to end against the real server,
-serves steadily with zero errors, and writes its Markdown and CSV reports. The 10-minute run and its memory
+"""A few-second smoke of `make soak` (issue 5, "Faults"): the tool runs end to end against the real server
+(locust drives the load, the tool samples the server's memory), serves steadily with zero errors, refuses
+the known-bad images as expected, and writes its Markdown and CSV reports. The 10-minute run and its memory
 verdict are `make soak`."""
 from __future__ import annotations
 
 import csv
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
-
-sys.path.insert(0, str(ROOT))
-from tools import soak  # noqa: E402
+from load_tests.request_names import BAD_IMAGE_REFUSED
+from tools import soak
 
 pytestmark = pytest.mark.server
 
@@ -25,6 +23,7 @@ def test_soak_smoke_writes_reports_with_zero_errors(tmp_path: Path) -> None:
     assert code == 0, report
     assert len(rows) >= 6 and int(rows[-1]["requests_ok"]) > 0 and int(rows[-1]["refused_as_expected"]) > 0
     assert all(row["errors"] == "0" for row in rows)
+    assert [int(row["requests_ok"]) for row in rows] == sorted(int(row["requests_ok"]) for row in rows)
     assert all(float(row["rss_mib"]) > 50 for row in rows), "RSS must include tritonserver and its stubs"
     assert "Verdict: PASS" in report and "MiB/hour" in report
 
@@ -35,3 +34,17 @@ def test_trend_sees_growth() -> None:
     result = soak.trend(samples)
     assert abs(result["slope_mib_per_hour"] - 360) < 1
     assert abs(result["predicted_growth_mib"] - 8) < 0.1
+
+
+def test_counts_split_served_refused_and_errors_by_request_name() -> None:
+    """Locust's statistics history, per request name, read back as the soak's counters at a moment."""
+    history = [
+        {"Timestamp": "100", "Name": "clip_image_encoder [4 image(s)]", "Total Request Count": "9", "Total Failure Count": "0"},
+        {"Timestamp": "100", "Name": BAD_IMAGE_REFUSED, "Total Request Count": "1", "Total Failure Count": "0"},
+        {"Timestamp": "101", "Name": "clip_image_encoder [4 image(s)]", "Total Request Count": "18", "Total Failure Count": "1"},
+        {"Timestamp": "101", "Name": BAD_IMAGE_REFUSED, "Total Request Count": "2", "Total Failure Count": "1"},
+        {"Timestamp": "101", "Name": "Aggregated", "Total Request Count": "20", "Total Failure Count": "2"},
+    ]
+    assert soak.counts_at(history, 99.5) == (0, 0, 0)
+    assert soak.counts_at(history, 100.7) == (9, 1, 0)
+    assert soak.counts_at(history, 101.2) == (17, 1, 2)

@@ -1,1 +1,2 @@
-"""Reliability tooling: overload driver, soak, and the local server they run against."""
+"""Reliability tooling: the overload and soak reports (traffic from locust), refusal timing, the crafted payloads
+and the local server they run against."""

@@ -1,4 +1,4 @@
-"""A tiny exported model for the reliability tools (served with clip_triton.server.local_server)."""
+"""A tiny exported model for the reliability tools (served with clip_triton_serve.local_server)."""
 from __future__ import annotations
 
 import contextlib

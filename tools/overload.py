@@ -1,104 +1,73 @@
-"""Drive the ensemble far beyond capacity for a bounded time and summarise what happened.
+"""Drive the ensemble far beyond capacity for a bounded time and summarise what happened, phase by phase.
 
-Closed-loop senders (asyncio, one gRPC channel) send requests back to back until the time or count
-budget runs out, recording the status and latency of every request. Used by the overload test
-(a few seconds) and by `make overload-report` (longer, figures for the README).
+Locust runs the traffic (load_tests/locustfile.py with the phases of load_tests/shapes.py): closed-loop
+users send requests back to back, and each request is named after its phase and outcome
+("overload: accepted", "overload: rejected (UNAVAILABLE)"), so every figure of a phase (counts per
+status, accepted and rejected latency percentiles, rejection messages) is read from locust's output.
+Used by the overload test (a few seconds) and by `make overload-report` (longer, figures for the README).
 """
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
-import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
-import numpy as np
-import tritonclient.grpc.aio as aioclient
-from tritonclient.utils import InferenceServerException
-
-ENSEMBLE = "clip_image_encoder"
-
-
-@dataclass(frozen=True)
-class Outcome:
-    started_s: float  # since the run began
-    latency_s: float
-    status: str  # "OK" or the gRPC status name, e.g. "UNAVAILABLE"
-    message: str
+from load_tests import headless
+from load_tests.phases import Phase
+from load_tests.request_names import outcome
+from measure import locust_output
 
 
-def image_request(images: list[bytes]) -> list[aioclient.InferInput]:
-    tensor = aioclient.InferInput("IMAGE", [len(images), 1], "BYTES")
-    tensor.set_data_from_numpy(np.array(images, dtype=np.object_).reshape(-1, 1))
-    return [tensor]
+def plan(overload_concurrency: int, seconds: float) -> list[Phase]:
+    """Baseline (1 user), far beyond capacity, then eased load again."""
+    return [Phase("baseline", 1, seconds / 2), Phase("overload", overload_concurrency, seconds),
+            Phase("eased", 1, seconds / 2)]
 
 
-def drive(url: str, images: list[bytes], concurrency: int, duration_s: float,
-          max_requests: int = 100_000) -> list[Outcome]:
-    """`concurrency` closed-loop senders for at most `duration_s` seconds and `max_requests` requests.
-
-    One asyncio loop and one gRPC channel: cheap enough on the client that the server, not the load
-    generator's GIL, is what saturates.
-    """
-    return asyncio.run(_drive(url, images, concurrency, duration_s, max_requests))
-
-
-async def _drive(url: str, images: list[bytes], concurrency: int, duration_s: float,
-                 max_requests: int) -> list[Outcome]:
-    inputs = image_request(images)
-    outcomes: list[Outcome] = []
-    begin = time.perf_counter()
-    deadline = begin + duration_s
-    client = aioclient.InferenceServerClient(url)
-
-    async def sender() -> None:
-        while time.perf_counter() < deadline and len(outcomes) < max_requests:
-            start = time.perf_counter()
-            try:
-                await client.infer(ENSEMBLE, inputs, client_timeout=30)
-                status, message = "OK", ""
-            except InferenceServerException as error:
-                status = str(error.status()).replace("StatusCode.", "")
-                message = error.message()
-            end = time.perf_counter()
-            outcomes.append(Outcome(start - begin, end - start, status, message))
-
-    try:
-        await asyncio.gather(*(sender() for _ in range(concurrency)))
-    finally:
-        await client.close()
-    return sorted(outcomes, key=lambda o: o.started_s)
+def run_phases(url: str, images: Path, phases: Sequence[Phase], images_per_request: int, prefix: Path) -> dict[str, dict]:
+    """Locust through `phases` against `url`; the summary of each phase, read from its output at `prefix`."""
+    command = headless.locust_command(url, prefix, phases=phases, images=images,
+                                      images_per_request=images_per_request, options=["--name-by-outcome"])
+    log = Path(f"{prefix}.log")
+    headless.finish(headless.start(command, log), log, timeout_s=sum(phase.seconds for phase in phases) + 120)
+    entries, failures = locust_output.stats(prefix), locust_output.failures(prefix)
+    return {phase.name: summarise(phase.name, entries, failures, phase.seconds) for phase in phases}
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    return float(np.percentile(values, q)) if values else None
+def _outcome(name: str) -> tuple[str | None, str | None]:
+    return outcome(name) or (None, None)
 
 
-def summarise(outcomes: list[Outcome], duration_s: float) -> dict:
-    """Counts per status and latency percentiles (ms) of accepted and rejected requests."""
-    accepted = [o.latency_s * 1000 for o in outcomes if o.status == "OK"]
-    rejected = [o.latency_s * 1000 for o in outcomes if o.status != "OK"]
+def summarise(phase: str, entries: list[dict], failures: list[dict], duration_s: float) -> dict:
+    """Counts per status and latency percentiles (ms) of one phase's accepted and rejected requests."""
+    accepted, rejected, statuses = [], [], Counter()
+    for entry in entries:
+        label, status = _outcome(entry["name"])
+        if label != phase:
+            continue
+        if status == "OK":
+            accepted.append(entry)
+            statuses["OK"] += entry["num_requests"] - entry["num_failures"]
+            statuses["WRONG_OUTPUT"] += entry["num_failures"]  # accepted, but not one row per image
+        else:
+            rejected.append(entry)
+            statuses[status] += entry["num_requests"]
     return {
-        "requests": len(outcomes),
+        "requests": sum(entry["num_requests"] for entry in accepted + rejected),
         "duration_s": duration_s,
-        "statuses": dict(Counter(o.status for o in outcomes)),
-        "messages": sorted({o.message for o in outcomes if o.message})[:5],
-        "accepted_per_s": len(accepted) / duration_s,
-        "accepted_p50_ms": percentile(accepted, 50),
-        "accepted_p99_ms": percentile(accepted, 99),
-        "accepted_max_ms": max(accepted, default=None),
-        "rejected_p50_ms": percentile(rejected, 50),
-        "rejected_p99_ms": percentile(rejected, 99),
+        "statuses": dict(+statuses),
+        "messages": sorted({locust_output.error_text(row["Error"]) for row in failures
+                            if _outcome(row["Name"])[0] == phase})[:5],
+        "accepted_per_s": statuses["OK"] / duration_s,
+        "accepted_p50_ms": locust_output.percentile(accepted, 0.50),
+        "accepted_p99_ms": locust_output.percentile(accepted, 0.99),
+        "accepted_max_ms": max((entry["max_response_time"] for entry in accepted), default=None),
+        "rejected_p50_ms": locust_output.percentile(rejected, 0.50),
+        "rejected_p99_ms": locust_output.percentile(rejected, 0.99),
     }
-
-
-def phases(url: str, images: list[bytes], overload_concurrency: int, seconds: float) -> dict[str, dict]:
-    """Baseline (1 sender), far beyond capacity, then eased load again: the summary of each phase."""
-    plan = [("baseline", 1, seconds / 2), ("overload", overload_concurrency, seconds), ("eased", 1, seconds / 2)]
-    return {name: summarise(drive(url, images, concurrency, duration), duration) for name, concurrency, duration in plan}
 
 
 def _fmt(value: float | None) -> str:
@@ -122,7 +91,7 @@ def markdown(results: dict[str, dict], setup: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """`make overload-report`: the three phases against a freshly exported tiny model; writes .md and .json."""
-    from clip_triton.server import local_server
+    from clip_triton_serve import local_server
     from tools.local_server import SHARED_IMAGES, exported_tiny_vit
 
     parser = argparse.ArgumentParser(description=__doc__)
@@ -134,14 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=Path("reports"))
     args = parser.parse_args(argv)
 
-    images = [p.read_bytes() for p in sorted(args.images.iterdir()) if p.is_file()]
-    images = (images * args.images_per_request)[: args.images_per_request]
+    phases = plan(args.concurrency, args.seconds)
     with exported_tiny_vit(max_queue_size=args.max_queue_size) as repository, local_server(repository) as server:
-        results = phases(server.grpc_url, images, args.concurrency, args.seconds)
+        results = run_phases(server.grpc_url, args.images, phases, args.images_per_request,
+                             args.output / "locust" / "overload")
     setup = (f"Tiny ViT-B/32 (ONNX, CPU target), `max_queue_size={args.max_queue_size}` per composing model, "
              f"{args.images_per_request} images per request; phases: 1 sender for {args.seconds / 2:.0f} s, "
              f"{args.concurrency} senders for {args.seconds:.0f} s, 1 sender for {args.seconds / 2:.0f} s. "
-             f"Closed loop over gRPC on loopback; {os.cpu_count()} CPU cores shared with the load generator.")
+             f"Closed-loop locust users over gRPC on loopback (locust's response times are rounded to 10 ms above "
+             f"100 ms and 100 ms above 1 s); {os.cpu_count()} CPU cores shared with the load generator.")
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "overload.json").write_text(json.dumps(results, indent=2))
     (args.output / "overload.md").write_text(markdown(results, setup))

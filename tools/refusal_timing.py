@@ -5,27 +5,24 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
-import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-ROOT = Path(__file__).resolve().parents[1]
+from clip_triton import contract
+from tools.crafted_images import decompression_bomb_png, oversized_element
 
 
 def round_trips(url: str, payload: bytes, repeats: int) -> tuple[list[float], str]:
     client = grpcclient.InferenceServerClient(url)
-    tensor = grpcclient.InferInput("IMAGE", [1, 1], "BYTES")
-    tensor.set_data_from_numpy(np.array([payload], dtype=np.object_).reshape(1, 1))
+    tensor = contract.image_input([payload])
     times, outcome = [], "OK"
     try:
         for _ in range(repeats):
             start = time.perf_counter()
             try:
-                client.infer("clip_image_encoder", [tensor])
+                client.infer(contract.ENSEMBLE_MODEL, [tensor])
             except InferenceServerException as error:
                 outcome = f"{error.status()}: {error.message()[:120]}"
             times.append(time.perf_counter() - start)
@@ -35,10 +32,7 @@ def round_trips(url: str, payload: bytes, repeats: int) -> tuple[list[float], st
 
 
 def main(argv: list[str] | None = None) -> int:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from bad_inputs import decompression_bomb_png
-    from crafted_inputs import oversized_element
-    from clip_triton.server import local_server
+    from clip_triton_serve import local_server
     from tools.local_server import SHARED_IMAGES, exported_tiny_vit
 
     parser = argparse.ArgumentParser(description=__doc__)

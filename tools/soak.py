@@ -1,28 +1,32 @@
 """`make soak`: steady load for a bounded time, sampling errors and server memory, with a trend line.
 
-The load is closed-loop and steady: good images, plus one known-bad image every tenth request so the
-error path is soaked too (its refusal is expected; anything else is an error). Every interval we record
-requests served, errors, and the resident memory of tritonserver plus its backend stubs (from /proc).
-The report (Markdown + CSV) gives the least-squares slope of memory after a warm-up, and the run fails
-(exit 1) on any error or when the trend would grow memory by more than the allowed amount.
+Locust drives the load (load_tests/locustfile.py, closed-loop users): good images, plus a known-bad image
+every tenth request of each user so the error path is soaked too (its refusal is expected; anything else
+is an error). While locust runs, the resident memory of tritonserver plus its backend stubs is sampled
+here (from /proc) every interval; requests served, refusals and errors at each sample come from locust's
+per-second statistics history, the final counts from its JSON. The report (Markdown + CSV) gives the
+least-squares slope of memory after a warm-up, and the run fails (exit 1) on any error or when the trend
+would grow memory by more than the allowed amount.
 """
 from __future__ import annotations
 
 import argparse
-import asyncio
 import csv
 import os
-import threading
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
-import tritonclient.grpc.aio as aioclient
-from tritonclient.utils import InferenceServerException
 
-ENSEMBLE = "clip_image_encoder"
-BAD_IMAGE = b"this is not an image"
+from load_tests import headless
+from load_tests.request_names import BAD_IMAGE_REFUSED
+from measure import locust_output
+from measure.images import image_paths
+
+BAD_IMAGE_EVERY = 10
 MiB = 2**20
 
 
@@ -43,62 +47,70 @@ class Sample:
     rss_bytes: int
 
 
-def _request(blobs: list[bytes]) -> list[aioclient.InferInput]:
-    tensor = aioclient.InferInput("IMAGE", [len(blobs), 1], "BYTES")
-    tensor.set_data_from_numpy(np.array(blobs, dtype=np.object_).reshape(-1, 1))
-    return [tensor]
+def counts(totals: Iterable[tuple[str, int, int]]) -> tuple[int, int, int]:
+    """(good requests served, bad images refused as expected, errors) from (name, requests, failures) per name."""
+    ok = refused = errors = 0
+    for name, requests, failures in totals:
+        if name == "Aggregated":
+            continue
+        errors += failures
+        if name == BAD_IMAGE_REFUSED:
+            refused += requests - failures
+        else:
+            ok += requests - failures
+    return ok, refused, errors
 
 
-async def _steady_load(url: str, images: list[bytes], concurrency: int, stop: threading.Event,
-                       counters: Counters) -> None:
-    good, bad = _request(images), _request([BAD_IMAGE])
-    client = aioclient.InferenceServerClient(url)
-    sent = 0
+def counts_at(history: list[dict[str, str]], when: float) -> tuple[int, int, int]:
+    """`counts` as locust's statistics history last recorded them at or before `when` (time.time())."""
+    latest: dict[str, tuple[str, int, int]] = {}
+    for row in history:
+        if int(row["Timestamp"]) <= when:
+            latest[row["Name"]] = (row["Name"], int(row["Total Request Count"]), int(row["Total Failure Count"]))
+    return counts(latest.values())
 
-    async def sender() -> None:
-        nonlocal sent
-        while not stop.is_set():
-            sent += 1
-            expect_refusal = sent % 10 == 0
-            try:
-                result = await client.infer(ENSEMBLE, bad if expect_refusal else good, client_timeout=60)
-                if expect_refusal or result.as_numpy("EMBEDDING").shape[0] != len(images):
-                    counters.errors += 1
-                    counters.last_errors = (counters.last_errors + ["bad image accepted or wrong row count"])[-5:]
-                else:
-                    counters.ok += 1
-            except InferenceServerException as error:
-                if expect_refusal and str(error.status()).endswith("INVALID_ARGUMENT"):
-                    counters.refused_as_expected += 1
-                else:
-                    counters.errors += 1
-                    counters.last_errors = (counters.last_errors + [f"{error.status()}: {error.message()}"])[-5:]
 
+def sample_memory(server, process, interval_s: float, deadline: float) -> list[tuple[float, int]]:
+    """(time.time(), server RSS) every `interval_s` while the locust `process` runs, and once after it ends."""
+    samples = []
+    while process.poll() is None and time.monotonic() < deadline:
+        samples.append((time.time(), server.rss_bytes()))
+        try:
+            process.wait(interval_s)
+        except subprocess.TimeoutExpired:
+            pass  # still running: sample again
+    return samples
+
+
+def run_soak(server, images: Path, seconds: float, interval_s: float, concurrency: int, images_per_request: int,
+             prefix: Path) -> tuple[list[Sample], Counters]:
+    """Load `server` with locust for `seconds`, sampling every `interval_s`; the load stops before returning."""
+    command = headless.locust_command(server.grpc_url, prefix, users=concurrency, run_time=f"{max(1, round(seconds))}s",
+                                      images=images, images_per_request=images_per_request,
+                                      options=["--bad-image-every", str(BAD_IMAGE_EVERY), "--csv-full-history"])
+    log = Path(f"{prefix}.log")
+    process = headless.start(command, log)
+    deadline = time.monotonic() + seconds + headless.STOP_TIMEOUT_S + 120
     try:
-        await asyncio.gather(*(sender() for _ in range(concurrency)))
+        memory = sample_memory(server, process, interval_s, deadline)
     finally:
-        await client.close()
+        headless.finish(process, log, timeout_s=max(0.0, deadline - time.monotonic()))
+    memory.append((time.time(), server.rss_bytes()))
+    return samples_from(prefix, memory)
 
 
-def run_soak(server, images: list[bytes], seconds: float, interval_s: float, concurrency: int) -> tuple[list[Sample], Counters]:
-    """Load `server` for `seconds`, sampling every `interval_s`; the load stops before returning."""
-    counters, stop = Counters(), threading.Event()
-    load = threading.Thread(target=lambda: asyncio.run(_steady_load(server.grpc_url, images, concurrency, stop, counters)),
-                            daemon=True)
-    samples: list[Sample] = []
-    begin = time.monotonic()
-    load.start()
-    try:
-        while True:
-            elapsed = time.monotonic() - begin
-            samples.append(Sample(elapsed, counters.ok, counters.refused_as_expected, counters.errors, server.rss_bytes()))
-            if elapsed >= seconds or not load.is_alive():
-                break
-            time.sleep(min(interval_s, max(0.0, seconds - elapsed)))
-    finally:
-        stop.set()
-        load.join(120)
-    return samples, counters
+def samples_from(prefix: Path, memory: list[tuple[float, int]]) -> tuple[list[Sample], Counters]:
+    """Memory samples joined with locust's counts; elapsed time counts from the last sample before the first request."""
+    entries, history = locust_output.stats(prefix), locust_output.history(prefix)
+    first_request = min((float(entry["start_time"]) for entry in entries), default=memory[0][0])
+    origin = max((when for when, _ in memory if when <= first_request), default=memory[0][0])
+    steady = [(when, rss) for when, rss in memory if when >= origin]
+    final = counts((e["name"], e["num_requests"], e["num_failures"]) for e in entries)
+    samples = [Sample(when - origin, *counts_at(history, when), rss) for when, rss in steady[:-1]]
+    samples.append(Sample(steady[-1][0] - origin, *final, steady[-1][1]))
+    errors = [f"{row['Occurrences']}x {row['Name']}: {locust_output.error_text(row['Error'])}"
+              for row in locust_output.failures(prefix)]
+    return samples, Counters(*final, last_errors=errors[-5:])
 
 
 def trend(samples: list[Sample], warmup_fraction: float = 0.2) -> dict:
@@ -145,7 +157,7 @@ def write_report(output: Path, samples: list[Sample], counters: Counters, result
 
 
 def main(argv: list[str] | None = None) -> int:
-    from clip_triton.server import local_server
+    from clip_triton_serve import local_server
     from tools.local_server import SHARED_IMAGES, exported_tiny_vit
 
     parser = argparse.ArgumentParser(description=__doc__)
@@ -159,14 +171,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     interval = args.interval or max(1.0, args.seconds / 60)
 
-    images = [p.read_bytes() for p in sorted(args.images.iterdir()) if p.is_file()][:4]
+    per_request = min(4, len(image_paths(args.images)))
     with exported_tiny_vit() as repository, local_server(repository) as server:
-        samples, counters = run_soak(server, images, args.seconds, interval, args.concurrency)
+        samples, counters = run_soak(server, args.images, args.seconds, interval, args.concurrency, per_request,
+                                     args.output / "locust" / "soak")
     result = trend(samples)
     passed = counters.errors == 0 and counters.ok > 0 and result["predicted_growth_mib"] <= args.max_growth_mib
     setup = (f"Tiny ViT-B/32 (ONNX, CPU target) served by tritonserver 2.51 on loopback; {args.concurrency} closed-loop "
-             f"senders of {len(images)} images per request, every tenth request a bad image; sampled every "
-             f"{interval:.1f} s for {args.seconds:.0f} s; the first 20% is warm-up. {os.cpu_count()} CPU cores.")
+             f"locust users sending {per_request} images per request, every tenth request of each a bad image; "
+             f"sampled every {interval:.1f} s for {args.seconds:.0f} s; the first 20% is warm-up. "
+             f"{os.cpu_count()} CPU cores.")
     write_report(args.output, samples, counters, result, setup, passed)
     print((args.output / "soak.md").read_text())
     return 0 if passed else 1

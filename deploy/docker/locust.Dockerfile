@@ -7,6 +7,9 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY client ./client
 COPY build ./build
+COPY serve ./serve
+COPY cli ./cli
 RUN pip install ".[load]"
 COPY load_tests ./load_tests
+COPY measure ./measure
 ENTRYPOINT ["locust"]

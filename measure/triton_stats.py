@@ -3,7 +3,8 @@
 Triton keeps cumulative counters per model. Two snapshots, one at each end of a window, give what
 happened inside it: requests, inferences (batch elements), executions (model calls), and the
 nanoseconds spent queued and in compute input / infer / output. Each request of a dynamic batch is
-charged the whole batch's compute time, so per-request averages are what a request experienced.
+charged the whole batch's compute time, so per-request averages are what a request experienced;
+`batch_compute_ns` (from `batch_stats`) counts each execution once, which is what the server spent.
 """
 from __future__ import annotations
 
@@ -12,6 +13,15 @@ from typing import Any
 Snapshot = dict[str, dict[str, int]]
 
 _DURATIONS = ("success", "queue", "compute_input", "compute_infer", "compute_output")
+_COMPUTE = ("compute_input", "compute_infer", "compute_output")
+
+
+def fetch(url: str, model: str = "") -> dict[str, Any]:
+    """`get_inference_statistics(as_json=True)` of one model, or of every model when `model` is empty."""
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(url) as client:
+        return client.get_inference_statistics(model, as_json=True)
 
 
 def snapshot(statistics_json: dict[str, Any]) -> Snapshot:
@@ -23,6 +33,8 @@ def snapshot(statistics_json: dict[str, Any]) -> Snapshot:
             "inference_count": int(model.get("inference_count", 0)),
             "execution_count": int(model.get("execution_count", 0)),
             "fail_count": int(stats.get("fail", {}).get("count", 0)),
+            "batch_compute_ns": sum(int(batch.get(part, {}).get("ns", 0))
+                                    for batch in model.get("batch_stats", []) for part in _COMPUTE),
         }
         for name in _DURATIONS:
             counters[f"{name}_count"] = int(stats.get(name, {}).get("count", 0))
@@ -31,12 +43,21 @@ def snapshot(statistics_json: dict[str, Any]) -> Snapshot:
     return flat
 
 
+def read(url: str, model: str = "") -> Snapshot:
+    """A snapshot taken now from the server at `url`."""
+    return snapshot(fetch(url, model))
+
+
+def deltas(before: Snapshot, after: Snapshot) -> Snapshot:
+    """Per model, each counter's growth between two snapshots."""
+    return {model: {key: value - before.get(model, {}).get(key, 0) for key, value in end.items()}
+            for model, end in after.items()}
+
+
 def window(before: Snapshot, after: Snapshot) -> dict[str, dict[str, float]]:
     """Per model, what happened between two snapshots, as averages per request (milliseconds)."""
     breakdown: dict[str, dict[str, float]] = {}
-    for model, end in after.items():
-        start = before.get(model, {})
-        delta = {key: value - start.get(key, 0) for key, value in end.items()}
+    for model, delta in deltas(before, after).items():
         requests = delta["success_count"]
         executions = delta["execution_count"]
         breakdown[model] = {

@@ -10,68 +10,39 @@ server and measures:
 - server CPU per image, when this script started the server: CPU time of its process group from /proc.
 
 Usage (starts a local server on free loopback ports unless --url is given):
-    .venv/bin/python client/benchmarks/client_overhead.py --random-init ViT-B/32 --report client/benchmarks/results
+    .venv/bin/python -m bench.client_overhead --random-init ViT-B/32 --report bench/report/client-overhead/vit-b32
 """
 from __future__ import annotations
 
 import argparse
 import datetime
-import io
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import tritonclient.grpc as grpcclient
-from PIL import Image
-
 from clip_triton import ClipClient, contract
+from clip_triton_serve.procfs import process_group_cpu_s
+from measure import machine, triton_stats
+from measure.images import noise_pngs
 
 COMPOSING = (contract.PREPROCESS_MODEL, contract.VISUAL_MODEL)
 
 
 def write_images(directory: Path, count: int, side: int, seed: int = 0) -> list[Path]:
-    rng = np.random.default_rng(seed)
     paths = []
-    for i in range(count):
-        buffer = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    for i, data in enumerate(noise_pngs(count, side, seed)):
         path = directory / f"{i:05d}.png"
-        path.write_bytes(buffer.getvalue())
+        path.write_bytes(data)
         paths.append(path)
     return paths
 
 
 def server_counters(url: str) -> dict[str, tuple[int, int]]:
     """model -> (images run, compute ns summed over executions) from Triton's statistics API."""
-    counters = {}
-    with grpcclient.InferenceServerClient(url) as client:
-        for model in COMPOSING:
-            stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
-            compute = sum(int(batch[part].get("ns", 0)) for batch in stats.get("batch_stats", [])
-                          for part in ("compute_input", "compute_infer", "compute_output"))
-            counters[model] = (int(stats.get("inference_count", 0)), compute)
-    return counters
-
-
-def process_group_cpu_s(pid: int) -> float:
-    """utime + stime of every process in `pid`'s process group (tritonserver and its backend stubs)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pid:  # field 5 of stat: process group id
-            total += int(fields[11]) + int(fields[12])
-    return total / ticks
+    counters = triton_stats.read(url)
+    return {model: (counters[model]["inference_count"], counters[model]["batch_compute_ns"]) for model in COMPOSING}
 
 
 def measure(url: str, paths: list[Path], batch_size: int | None, concurrency: int | None,
@@ -105,12 +76,6 @@ def measure(url: str, paths: list[Path], batch_size: int | None, concurrency: in
     result["client_share_of_server_cpu"] = (None if server_cpu is None else
                                             result["client_cpu_ms_per_image"] / result["server_cpu_ms_per_image"])
     return result
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown CPU")
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, Python {platform.python_version()}"
 
 
 def report_markdown(result: dict, model: str, when: str, where: str) -> str:
@@ -155,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.url:
             result = measure(args.url, paths, args.batch_size, args.concurrency, None)
         else:
-            from clip_triton.server import ServerOptions, TritonServer
+            from clip_triton_serve import ServerOptions, TritonServer
 
             repository = args.repository
             if repository is None:
@@ -169,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                 result = measure(server.grpc_url, paths, args.batch_size, args.concurrency, server.pid)
     result["side"] = args.side
     when = datetime.date.today().isoformat()
-    where = machine()
+    where = machine.one_line(machine.describe())
     model = result["weights"]
     text = report_markdown(result, model, when, where)
     print(text)
