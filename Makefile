@@ -5,11 +5,11 @@ BIN    := $(VENV)/bin
 # torch==2.13.0 resolves to a local CPU wheel on our machines; set TORCH=torch for your platform's build.
 TORCH  ?= torch==2.13.0
 SHARED ?= ../shared
-DEMO_IMAGES ?= $(if $(wildcard $(SHARED)/images),$(SHARED)/images,examples/images)
+DEMO_IMAGES ?= $(if $(wildcard $(SHARED)/images),$(SHARED)/images,build/clip_triton_export/sample_images)
 CHECKPOINT ?=
 PYTEST_ARGS ?=
 
-.PHONY: install demo test repository loadtest bench soak overload-report clean
+.PHONY: install install-gpu demo test test-gpu repository loadtest bench bench-gpu soak overload-report clean
 
 install: $(VENV)/.installed
 
@@ -20,11 +20,25 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[export,serve,test,load]"
 	touch $@
 
+# A GPU host: a CUDA build of torch with torchvision (nvJPEG), then `make test-gpu` and `make bench-gpu`.
+# On a host where packages come from elsewhere, run them with PY=python3 and the packages on PYTHONPATH.
+install-gpu:
+	$(MAKE) install TORCH=torch
+	$(BIN)/python -m pip install --quiet torchvision
+PY ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
+
 demo: install
 	$(BIN)/clip-triton demo --images $(DEMO_IMAGES) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The GPU target on a GPU through the real Triton: fp16 parity, nvJPEG fidelity, bad images alone (skips
+# without a CUDA GPU). GPU_FIDELITY: where the measured fidelity goes, for bench-gpu's report.
+GPU_FIDELITY ?= bench_out/gpu/fidelity.json
+test-gpu:
+	mkdir -p $(dir $(GPU_FIDELITY))
+	CLIP_TRITON_GPU_FIDELITY=$(GPU_FIDELITY) $(PY) -m pytest -m gpu -p no:cacheprovider tests/test_gpu.py $(PYTEST_ARGS)
 
 # Steady load against a real server, sampling errors and server memory (reports/soak.md + .csv).
 SOAK_SECONDS ?= 600
@@ -64,6 +78,11 @@ BENCH_ARGS ?=
 bench: install
 	$(BIN)/python -m bench --seconds $(BENCH_SECONDS) --report-dir $(BENCH_REPORT) --images $(DEMO_IMAGES) \
 		$(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(BENCH_ARGS)
+
+# GPU benchmark report (bench/report/gpu/: report.md, throughput.png, results.json); a few minutes on one GPU.
+BENCH_GPU_ARGS ?=
+bench-gpu:
+	$(PY) -m bench.gpu --report-dir bench/report/gpu --images $(DEMO_IMAGES) --fidelity $(GPU_FIDELITY) $(BENCH_GPU_ARGS)
 
 clean:
 	rm -rf $(VENV) demo_repository .pytest_cache out bench_out

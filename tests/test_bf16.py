@@ -10,7 +10,7 @@ import numpy as np
 import openvino
 import pytest
 
-from clip_triton.cli import main as cli_main
+from clip_triton_cli.main import main as cli_main
 from clip_triton_export.architectures import named_architecture
 from clip_triton_export.pipeline import export_repository
 from clip_triton_export.precision import cpu_computes_bf16

@@ -10,7 +10,7 @@ import pytest
 import torch
 import tritonclient.grpc
 
-from clip_triton.cli import main as cli_main
+from clip_triton_cli.main import main as cli_main
 from clip_triton.transform import preprocess
 from clip_triton_export.pipeline import export_repository, load_source
 from clip_triton_export.quantize import STATIC_VIT
@@ -69,7 +69,9 @@ def test_int8_features_stay_within_cosine_0999_of_fp32(arch: str, int8_export: C
 def test_int8_is_refused_where_it_does_not_apply(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--precision int8 is made from the ONNX export"):
         export_repository(tmp_path, random_init="ViT-B/32", precision="int8", fmt="torchscript")
-    with pytest.raises(ValueError, match="unknown precision 'fp16'"):
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        export_repository(tmp_path, random_init="ViT-B/32", precision="fp8")
+    with pytest.raises(ValueError, match="--precision fp16 is the GPU target's"):
         export_repository(tmp_path, random_init="ViT-B/32", precision="fp16")
     assert not (tmp_path / "clip_visual").exists()
 

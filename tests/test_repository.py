@@ -19,17 +19,29 @@ def parse(content: bytes) -> pb.ModelConfig:
     return text_format.Parse(content.decode(), pb.ModelConfig())
 
 
-@pytest.mark.parametrize("fmt, precision", [("onnx", "fp32"), ("torchscript", "fp32"), ("onnx", "bf16"), ("onnx", "int8")])
-@pytest.mark.parametrize("target", ["cpu", "gpu"])
+VARIANTS = [  # target, format, precision, visual backend: every combination the exporter accepts
+    ("cpu", "onnx", "fp32", "python"), ("cpu", "torchscript", "fp32", "python"), ("cpu", "onnx", "bf16", "python"),
+    ("cpu", "onnx", "int8", "python"),
+    ("gpu", "torchscript", "fp16", "python"), ("gpu", "torchscript", "fp32", "python"),
+    ("gpu", "torchscript", "fp16", "native"), ("gpu", "onnx", "fp32", "native"), ("gpu", "onnx", "bf16", "python"),
+    ("gpu", "onnx", "int8", "python"),
+]
+
+
+@pytest.mark.parametrize("target, fmt, precision, backend", VARIANTS)
 @pytest.mark.parametrize("arch", ["ViT-B/32", "ViT-L/14@336px", "RN50x4"])
-def test_every_config_parses_and_follows_the_contract(fmt: str, precision: str, target: str, arch: str) -> None:
+def test_every_config_parses_and_follows_the_contract(target: str, fmt: str, precision: str, backend: str,
+                                                      arch: str) -> None:
     spec = named_architecture(arch)
-    files = render_repository(spec, RepositoryOptions(fmt=fmt, target=target, precision=precision))
+    options = RepositoryOptions(fmt=fmt, target=target, precision=precision, visual_backend=backend)
+    files = render_repository(spec, options)
     configs = {path.split("/")[0]: parse(content) for path, content in files.items() if path.endswith("config.pbtxt")}
     r, d = spec.image_resolution, spec.embed_dim
+    on_gpu = target == "gpu" and precision in ("fp16", "fp32")
+    pixels_type = pb.TYPE_FP16 if precision == "fp16" else pb.TYPE_FP32
 
     ensemble = configs[contract.ENSEMBLE_MODEL]
-    assert ensemble.platform == "ensemble" and ensemble.max_batch_size >= 64
+    assert ensemble.platform == "ensemble" and ensemble.max_batch_size == contract.MAX_BATCH_SIZE
     assert [(t.name, t.data_type, list(t.dims)) for t in ensemble.input] == [("IMAGE", pb.TYPE_STRING, [1])]
     assert [(t.name, t.data_type, list(t.dims)) for t in ensemble.output] == [("EMBEDDING", pb.TYPE_FP32, [d])]
     steps = ensemble.ensemble_scheduling.step
@@ -39,27 +51,37 @@ def test_every_config_parses_and_follows_the_contract(fmt: str, precision: str, 
 
     preprocess = configs[contract.PREPROCESS_MODEL]
     assert preprocess.backend == "python" and preprocess.HasField("dynamic_batching")
-    assert [(t.name, list(t.dims)) for t in preprocess.output] == [("PIXEL_VALUES", [3, r, r])]
-    assert preprocess.instance_group[0].kind == pb.ModelInstanceGroup.KIND_CPU
+    assert [(t.name, t.data_type, list(t.dims)) for t in preprocess.output] == [("PIXEL_VALUES", pixels_type, [3, r, r])]
+    kind = pb.ModelInstanceGroup.KIND_GPU if on_gpu else pb.ModelInstanceGroup.KIND_CPU
+    assert preprocess.instance_group[0].kind == kind
+    preprocess_code = files[f"{contract.PREPROCESS_MODEL}/1/model.py"]
+    assert (b"from clip_gpu_transform import" in preprocess_code) == on_gpu
+    assert (preprocess.parameters["gpu_decode"].string_value == "true") == on_gpu
 
     visual = configs[contract.VISUAL_MODEL]
-    assert [(t.name, t.data_type, list(t.dims)) for t in visual.input] == [("PIXEL_VALUES", pb.TYPE_FP32, [3, r, r])]
+    assert [(t.name, t.data_type, list(t.dims)) for t in visual.input] == [("PIXEL_VALUES", pixels_type, [3, r, r])]
     assert [(t.name, list(t.dims)) for t in visual.output] == [("EMBEDDING", [d])]
     assert list(visual.dynamic_batching.preferred_batch_size)
-    for config in configs.values():
-        assert config.max_batch_size == ensemble.max_batch_size
+    composing = 256 if target == "gpu" else ensemble.max_batch_size  # an execution may hold several requests
+    assert preprocess.max_batch_size == visual.max_batch_size == composing >= ensemble.max_batch_size
+    assert max(visual.dynamic_batching.preferred_batch_size) <= composing
 
-    if target == "gpu" and precision != "fp32":  # OpenVINO IR: the native OpenVINO backend, on CPU
+    if target == "gpu" and not on_gpu:  # OpenVINO IR: the native OpenVINO backend, on CPU
         assert (visual.backend, visual.platform, visual.default_model_filename) == ("openvino", "", "model.xml")
         assert visual.instance_group[0].kind == pb.ModelInstanceGroup.KIND_CPU
         assert ("HINT_BF16" in visual.parameters) == (precision == "bf16")
         assert f"{contract.VISUAL_MODEL}/1/model.py" not in files
-    elif target == "gpu":
+    elif target == "gpu" and backend == "native":
         expected = {"onnx": ("onnxruntime", "onnxruntime_onnx", "model.onnx"),
                     "torchscript": ("pytorch", "pytorch_libtorch", "model.pt")}[fmt]
         assert (visual.backend, visual.platform, visual.default_model_filename) == expected
         assert visual.instance_group[0].kind == pb.ModelInstanceGroup.KIND_GPU
         assert f"{contract.VISUAL_MODEL}/1/model.py" not in files
+    elif target == "gpu":  # torch in the Python backend, on the GPU, taking the pixels where they are
+        assert visual.backend == "python" and visual.instance_group[0].kind == pb.ModelInstanceGroup.KIND_GPU
+        assert visual.parameters["artifact"].string_value == "model.pt"
+        assert visual.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value == "no"
+        assert b"torch.jit.load" in files[f"{contract.VISUAL_MODEL}/1/model.py"]
     else:
         assert visual.backend == "python" and visual.instance_group[0].kind == pb.ModelInstanceGroup.KIND_CPU
         expected_runtime = {"onnx": "openvino" if spec.family == "VisionTransformer" else "onnxruntime",
@@ -74,17 +96,39 @@ def test_every_config_parses_and_follows_the_contract(fmt: str, precision: str, 
         assert f"{contract.VISUAL_MODEL}/1/model.py" in files
 
 
+def test_each_target_has_its_own_defaults() -> None:
+    cpu, gpu = RepositoryOptions(), RepositoryOptions(target="gpu")
+    assert (cpu.fmt, cpu.precision, cpu.on_gpu) == ("onnx", "fp32", False)
+    assert (gpu.fmt, gpu.precision, gpu.visual_backend, gpu.gpu_decode, gpu.on_gpu) == (
+        "torchscript", "fp16", "python", True, True)
+    int8 = RepositoryOptions(target="gpu", precision="int8")
+    assert (int8.fmt, int8.on_gpu) == ("onnx", False)  # made from the ONNX export, run by OpenVINO on CPU
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"precision": "fp16"}, "--precision fp16 is the GPU target's"),
+    ({"target": "gpu", "fmt": "onnx", "precision": "fp32"}, "for ONNX use --visual-backend native"),
+    ({"target": "gpu", "fmt": "onnx", "precision": "fp16", "visual_backend": "native"}, "--precision fp16"),
+    ({"target": "gpu", "precision": "int8", "fmt": "torchscript"}, "made from the ONNX export"),
+    ({"visual_backend": "tensorrt"}, "unknown visual backend"),
+    ({"max_batch_size": 64, "composing_max_batch_size": 32}, "at least max_batch_size"),
+])
+def test_combinations_that_cannot_work_are_refused(options: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RepositoryOptions(**options)
+
+
 def test_max_batch_size_is_applied_everywhere() -> None:
     configs = model_configs(named_architecture("RN50"), RepositoryOptions(max_batch_size=8))
     assert {c.max_batch_size for c in configs.values()} == {8}
     assert max(configs[contract.VISUAL_MODEL].dynamic_batching.preferred_batch_size) <= 8
 
 
-def test_preprocessing_decodes_on_every_core_on_the_cpu_target_and_per_instance_on_the_gpu_target() -> None:
+def test_preprocessing_decodes_on_every_core_on_the_cpu_target_and_on_four_threads_per_gpu_instance() -> None:
     spec = named_architecture("ViT-B/32")
     decode_threads = {target: model_configs(spec, RepositoryOptions(target=target))[contract.PREPROCESS_MODEL]
                       .parameters["decode_threads"].string_value for target in ("cpu", "gpu")}
-    assert decode_threads == {"cpu": "0", "gpu": "1"}
+    assert decode_threads == {"cpu": "0", "gpu": "4"}
     tuned = model_configs(spec, RepositoryOptions(preprocess_threads=3))[contract.PREPROCESS_MODEL]
     assert tuned.parameters["decode_threads"].string_value == "3"
 
@@ -99,7 +143,7 @@ def test_bad_options_are_refused() -> None:
 
 
 def test_checked_in_repository_is_exactly_what_the_generator_makes() -> None:
-    expected = render_repository(named_architecture("ViT-B/32"), RepositoryOptions(fmt="onnx", target="gpu"))
+    expected = render_repository(named_architecture("ViT-B/32"), RepositoryOptions(target="gpu"))
     actual = {str(p.relative_to(CHECKED_IN)): p.read_bytes() for p in sorted(CHECKED_IN.rglob("*"))
               if p.is_file() and "__pycache__" not in p.parts}
     assert sorted(actual) == sorted(expected), "run `make repository` to regenerate model_repository/"
@@ -107,8 +151,30 @@ def test_checked_in_repository_is_exactly_what_the_generator_makes() -> None:
         assert actual[path] == content, f"{path} differs: run `make repository`"
 
 
-def test_preprocessing_model_ships_the_one_transform() -> None:
-    import clip_triton.transform
+@pytest.mark.parametrize("target", ["cpu", "gpu"])
+def test_shipped_modules_are_their_sources_under_a_generated_header(target: str) -> None:
+    """Every Python file in a model directory is a copy of one package file, byte for byte after a header
+    that says it is generated and from where; the models import the contract from their copy."""
+    import clip_triton
+    import clip_triton_export.triton_models as models
 
-    files = render_repository(named_architecture("ViT-B/32"), RepositoryOptions())
-    assert files["clip_preprocess/1/clip_transform.py"] == Path(clip_triton.transform.__file__).read_bytes()
+    sources = {"clip_contract.py": Path(clip_triton.__file__).parent / "contract.py",
+               "clip_transform.py": Path(clip_triton.__file__).parent / "transform.py",
+               "clip_executing_gauge.py": Path(models.__file__).parent / "executing_gauge.py",
+               "clip_visual_runtime.py": Path(models.__file__).parent / "visual_runtime.py",
+               "clip_gpu_transform.py": Path(models.__file__).parent / "gpu_transform.py",
+               "clip_batching.py": Path(models.__file__).parent / "batching.py"}
+    files = render_repository(named_architecture("ViT-B/32"), RepositoryOptions(target=target))
+    python_files = {path: content for path, content in files.items() if path.endswith(".py")}
+    assert python_files
+    for path, content in python_files.items():
+        header, _, body = content.partition(b"\n")
+        assert header.startswith(b"# Generated by `clip-triton export`: a copy of "), path
+        source_name = header.split(b"a copy of ")[1].split(b".py")[0].decode() + ".py"
+        if path.endswith("/model.py"):
+            source = Path(models.__file__).parent / Path(source_name).name
+            assert b"from clip_contract import" in body, f"{path} must read names from the shipped contract"
+        else:
+            source = sources[Path(path).name]
+        assert source_name.endswith(f"{source.parent.name}/{source.name}"), (path, source_name)
+        assert body == source.read_bytes(), f"{path} is not a copy of {source}"

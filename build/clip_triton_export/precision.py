@@ -16,7 +16,8 @@ from typing import Iterator
 
 import numpy as np
 
-PRECISIONS = ("fp32", "bf16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+OPENVINO_PRECISIONS = ("bf16", "int8")  # the variants made as OpenVINO IR from the ONNX export
 OPENVINO_ARTIFACT = "model.xml"  # OpenVINO IR; the weights lie beside it in model.bin
 MIN_COSINE = 0.999  # every calibration image's features against fp32 ones
 

@@ -13,10 +13,16 @@ FROM ${TRITON_IMAGE}
 # by the native backends (the image has its own OpenVINO backend); it is for a CPU-target repository,
 # whose clip_visual runs OpenVINO inside the Python backend. Both have cp310 manylinux_2_28 wheels.
 RUN python3 -m pip install --no-cache-dir "numpy==1.26.4" "pillow==12.3.0" "pyspng==0.1.4" "openvino==2026.4.1"
+# The GPU target's models run torch in the Python backend: the fp16 TorchScript model, and the GPU
+# preprocessing (torchvision's nvJPEG decoding, torch's resize). Builds for the image's CUDA 12.6 and
+# Python 3.10; numpy stays at 1.26.4 (the stub needs numpy < 2; torch works with either).
+RUN python3 -m pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cu126 \
+        "torch==2.6.0" "torchvision==0.21.0" \
+    && python3 -c "import numpy; assert numpy.__version__ == '1.26.4', numpy.__version__"
 
-# The entrypoint builds tritonserver's command line with the same code as `clip-triton serve`.
-COPY client/clip_triton/server.py /opt/clip-triton/clip_triton/server.py
-RUN touch /opt/clip-triton/clip_triton/__init__.py
+# The entrypoint runs tritonserver with the same package as `clip-triton serve` (command line, probes,
+# supervisor); it imports only the standard library.
+COPY serve/clip_triton_serve /opt/clip-triton/clip_triton_serve
 COPY deploy/docker/triton/start.py deploy/docker/triton/healthcheck.py /opt/clip-triton/
 ENV PYTHONPATH=/opt/clip-triton
 

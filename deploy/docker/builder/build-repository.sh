@@ -4,18 +4,24 @@
 # (RANDOM_INIT_ARCH, default ViT-B/32) and says so loudly: the features are then meaningless.
 #
 # Environment: REPOSITORY (default /models), CHECKPOINT (default /checkpoint/model.pt; an empty file or
-# /dev/null mounted there means "none"), EXPORT_FORMAT (onnx | torchscript), RANDOM_INIT_ARCH,
-# MAX_BATCH_SIZE (default 64), CONFIG_OVERRIDES (a folder of <model>.pbtxt whose fields replace the
-# generated ones: apply_overrides.py), REQUIRE_CHECKPOINT=1 (a missing checkpoint is an error, not random weights).
+# /dev/null mounted there means "none"), PRECISION (default: the GPU target's, fp16), VISUAL_BACKEND
+# (python, the default, or native: Triton's own pytorch/onnxruntime backend), EXPORT_FORMAT (default: the
+# target's, torchscript; onnx needs VISUAL_BACKEND=native), RANDOM_INIT_ARCH, MAX_BATCH_SIZE (default 64),
+# CPU_JPEG_DECODE=1 (decode every image with the exact CPU transform instead of nvJPEG), CONFIG_OVERRIDES
+# (a folder of <model>.pbtxt whose fields replace the generated ones: apply_overrides.py),
+# REQUIRE_CHECKPOINT=1 (a missing checkpoint is an error, not random weights).
 set -eu
 
 REPOSITORY="${REPOSITORY:-/models}"
 CHECKPOINT="${CHECKPOINT:-/checkpoint/model.pt}"
-EXPORT_FORMAT="${EXPORT_FORMAT:-onnx}"
 RANDOM_INIT_ARCH="${RANDOM_INIT_ARCH:-ViT-B/32}"
 MAX_BATCH_SIZE="${MAX_BATCH_SIZE:-64}"
 
-set -- export --repository "$REPOSITORY" --target gpu --format "$EXPORT_FORMAT" --max-batch-size "$MAX_BATCH_SIZE"
+set -- export --repository "$REPOSITORY" --target gpu --max-batch-size "$MAX_BATCH_SIZE" \
+    --visual-backend "${VISUAL_BACKEND:-python}"
+if [ -n "${EXPORT_FORMAT:-}" ]; then set -- "$@" --format "$EXPORT_FORMAT"; fi
+if [ -n "${PRECISION:-}" ]; then set -- "$@" --precision "$PRECISION"; fi
+if [ "${CPU_JPEG_DECODE:-0}" = 1 ]; then set -- "$@" --cpu-jpeg-decode; fi
 if [ -f "$CHECKPOINT" ] && [ -s "$CHECKPOINT" ]; then
     # Re-exporting a large checkpoint takes minutes: skip it when the repository already holds this
     # exact checkpoint exported with these options (the stamp is written only after a full export).

@@ -1,0 +1,64 @@
+"""clip_preprocess on the GPU target: encoded images -> CLIP pixels on the GPU, handed to clip_visual by DLPack.
+
+JPEGs are decoded by nvJPEG and resized, cropped and normalized on the GPU, everything else takes the exact
+CPU path inside the same batch (clip_gpu_transform says which image goes where, and why the pixels match);
+with `gpu_decode: false` every image takes the exact path. The pixels stay on this instance's GPU, in the
+config's PIXEL_VALUES type (fp16 for the fp16 variant). An image that cannot be used fails only its own
+request, with INVALID_ARGUMENT and a reason per bad element, exactly as on the CPU target.
+"""
+import json
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+import triton_python_backend_utils as pb_utils
+from PIL import Image
+from torch.utils.dlpack import to_dlpack
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from clip_batching import gather_images, respond  # noqa: E402  (shipped beside this file)
+from clip_contract import PIXELS_TENSOR  # noqa: E402  (likewise)
+from clip_executing_gauge import ExecutingGauge  # noqa: E402  (likewise)
+from clip_gpu_transform import BatchPreprocessor  # noqa: E402  (likewise)
+from clip_transform import CLIP_MEAN, CLIP_STD, DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS  # noqa: E402
+
+_DTYPES = {"TYPE_FP16": torch.float16, "TYPE_FP32": torch.float32}
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        pixels = pb_utils.get_output_config_by_name(config, PIXELS_TENSOR)
+        parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        if args.get("model_instance_kind") == "GPU":
+            device = torch.device("cuda", int(args["model_instance_device_id"]))
+            torch.cuda.set_device(device)
+        else:
+            device = torch.device("cpu")
+        Image.MAX_IMAGE_PIXELS = None  # our own limit (checked before decoding) governs in this process
+        threads = int(parameters.get("decode_threads", "1")) or len(os.sched_getaffinity(0))
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="clip-decode")
+        self.preprocess = BatchPreprocessor(
+            int(pixels["dims"][-1]), device, _DTYPES[pixels["data_type"]], CLIP_MEAN, CLIP_STD,
+            gpu_decode=parameters.get("gpu_decode", "true") == "true",
+            max_pixels=int(parameters.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)),
+            max_bytes=int(parameters.get("max_image_bytes", DEFAULT_MAX_IMAGE_BYTES)),
+            fast_jpeg=parameters.get("fast_jpeg_decode", "false") == "true", map_images=self.pool.map)
+        self.executing = ExecutingGauge(args)  # read by `clip-triton serve` to drain before stopping
+
+    def execute(self, requests):
+        with self.executing.tracking(requests):
+            return self._execute(requests)
+
+    def _execute(self, requests):
+        images, counts = gather_images(requests)
+        pixels, errors = self.preprocess(images)
+        if pixels.is_cuda:  # Triton copies the outputs on its own stream: our kernels must have finished
+            torch.cuda.current_stream(pixels.device).synchronize()
+        return respond(counts, errors,
+                       lambda start, stop: pb_utils.Tensor.from_dlpack(PIXELS_TENSOR, to_dlpack(pixels[start:stop])))
+
+    def finalize(self):
+        self.preprocess.close()
+        self.pool.shutdown(wait=True)

@@ -1,0 +1,269 @@
+"""OpenAI's CLIP transform for a batch of encoded images, with JPEGs decoded and resized on the GPU.
+
+Shipped beside the GPU target's clip_preprocess as `clip_gpu_transform.py`; it needs torch, and
+torchvision for nvJPEG, beside the exact transform (`clip_transform`) it falls back to.
+
+Which image goes where:
+- A JPEG that nvJPEG can decode to the same colours as libjpeg (8-bit, greyscale or YCbCr with 1 or 3
+  components, Huffman-coded baseline, extended or progressive, ending in its EOI marker; not RGB-coded,
+  which an Adobe marker or the component ids R, G, B say) is decoded by nvJPEG on the GPU, batched (its
+  hardware decoder where the GPU has one), then resized, cropped and normalized on the GPU.
+- Everything else (PNG, GIF, WebP, CMYK, JPEGs the GPU refuses or that look truncated), and every image
+  when GPU decoding is off, goes through the exact CPU path on a thread pool, then to the GPU.
+- Every refusal (size limits, undecodable data) names its element, with the CPU path's own reasons.
+
+The GPU resize follows Pillow's: Pillow resizes with an antialiased bicubic filter (a = -0.5, support
+scaled with the reduction) in two passes, rounding to 8 bits after each; torch's `interpolate(mode="bicubic",
+antialias=True)` computes the same filter weights, so two such passes in Pillow's order with the same
+rounding in between give Pillow's pixels but for an occasional 1 (Pillow quantizes its weights to 22 bits).
+One pass in float, as usual on GPUs, differs by up to 5 levels on an eighth of the pixels; the passes in
+the other order, by up to 3 levels on a twentieth.
+"""
+from __future__ import annotations
+
+import warnings
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Sequence
+
+import numpy as np
+import PIL
+import torch
+from torch.nn import functional as F
+
+from clip_transform import (DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, ImageRejected, MapImages,
+                            check_declared_size, preprocess_batch, resize_plan)
+
+# One decode call and one resize call hold at most this many decoded pixels at a time (bounds GPU memory:
+# 256 MP of RGB bytes is 768 MB; the float copy a resize works on is 4x one call's share).
+DECODE_BUDGET_PIXELS = 256 * 2**20
+RESIZE_BUDGET_PIXELS = 64 * 2**20
+# The frame markers nvJPEG decodes: baseline, extended sequential and progressive DCT with Huffman coding.
+_SOF_HUFFMAN = {0xC0, 0xC1, 0xC2}
+_SOF_OTHER = {0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}  # lossless, hierarchical, arithmetic
+_RGB_COMPONENT_IDS = (ord("R"), ord("G"), ord("B"))
+
+Decoder = Callable[[list[bytes]], list]  # encoded JPEGs -> per image a uint8 [3, H, W] tensor, or the exception
+
+warnings.filterwarnings("ignore", message="The given buffer is not writable")  # torch.frombuffer on bytes
+
+
+def gpu_decodable_jpeg(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a JPEG the GPU path takes, read from its markers alone; None for anything else."""
+    if len(data) < 4 or not data.startswith(b"\xff\xd8") or not data.endswith(b"\xff\xd9"):
+        return None
+    position, adobe_transform = 2, None
+    try:
+        while True:
+            if data[position] != 0xFF:
+                return None
+            while data[position] == 0xFF:  # fill bytes
+                position += 1
+            marker = data[position]
+            length = int.from_bytes(data[position + 1:position + 3], "big")
+            segment = data[position + 3:position + 1 + length]
+            if marker == 0xEE and segment.startswith(b"Adobe") and len(segment) >= 12:
+                adobe_transform = segment[11]  # 0: the components are RGB (or CMYK), not YCbCr
+            if marker in _SOF_OTHER or marker == 0xDA:  # not decodable here, or scan data before any frame
+                return None
+            if marker in _SOF_HUFFMAN:
+                precision, height, width, components = segment[0], int.from_bytes(segment[1:3], "big"), \
+                    int.from_bytes(segment[3:5], "big"), segment[5]
+                ids = tuple(segment[6 + 3 * i] for i in range(components))
+                rgb = ids == _RGB_COMPONENT_IDS or (components == 3 and adobe_transform == 0)
+                if precision != 8 or components not in (1, 3) or rgb:
+                    return None
+                return width, height
+            position += 1 + length
+    except IndexError:
+        return None
+
+
+def nvjpeg_decoder(device: torch.device) -> Decoder:
+    """torchvision's nvJPEG decoding: the whole list in one call (its hardware decoder takes the baseline
+    JPEGs of a batch together), and one by one when that call fails, so one bad image fails alone."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    def decode(blobs: list[bytes]) -> list:
+        encoded = [torch.frombuffer(blob, dtype=torch.uint8) for blob in blobs]
+        try:
+            return list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device))
+        except RuntimeError:
+            results = []
+            for one in encoded:
+                try:
+                    results.append(decode_jpeg(one, mode=ImageReadMode.RGB, device=device))
+                except RuntimeError as error:
+                    results.append(error)
+            return results
+
+    return decode
+
+
+def pillow_decoder(device: torch.device) -> Decoder:
+    """Pillow's (libjpeg's) decoding to RGB tensors on `device`: what runs where nvJPEG cannot (no GPU, no
+    torchvision), so the same batch logic runs, and is tested, on a CPU-only machine."""
+    import io
+
+    from PIL import Image
+
+    def decode(blobs: list[bytes]) -> list:
+        results = []
+        for blob in blobs:
+            try:
+                with Image.open(io.BytesIO(blob)) as image:
+                    rgb = np.asarray(image.convert("RGB"))
+                results.append(torch.from_numpy(rgb.copy()).permute(2, 0, 1).to(device))
+            except Exception as error:  # noqa: BLE001 - the CPU path says what is wrong with it
+                results.append(error)
+        return results
+
+    return decode
+
+
+def default_decoder(device: torch.device) -> Decoder:
+    if device.type == "cuda":
+        return nvjpeg_decoder(device)
+    return pillow_decoder(device)
+
+
+_PILLOW_MAJOR = int(PIL.__version__.split(".")[0])
+
+
+def vertical_pass_first(width: int, height: int, new_width: int, new_height: int) -> bool:
+    """Pillow's pass order: horizontal first, except (since Pillow 13) when the height shrinks by more than
+    twice as many pixels as the width does (src/libImaging/Resample.c, ImagingResampleInner)."""
+    shrink_height, shrink_width = height - new_height, width - new_width
+    return _PILLOW_MAJOR >= 13 and shrink_height > 0 and shrink_height > 2 * shrink_width
+
+
+def _round_to_8_bits(x: torch.Tensor) -> torch.Tensor:
+    """Pillow's rounding after each pass: to the nearest integer (halves up), clipped to 0..255."""
+    return x.add_(0.5).floor_().clamp_(0, 255)
+
+
+def resize_crop(batch: torch.Tensor, size: int, plan: tuple[int, int, int, int]) -> torch.Tensor:
+    """uint8 or float [N, 3, H, W] of one size -> float [N, 3, size, size] holding 8-bit values, as Pillow's
+    resize(BICUBIC) and torchvision's CenterCrop make them."""
+    new_width, new_height, top, left = plan
+    x = batch.float()
+    height, width = x.shape[-2:]
+    passes = [(height, new_width), (new_height, new_width)]
+    if vertical_pass_first(width, height, new_width, new_height):
+        passes = [(new_height, width), (new_height, new_width)]
+    if (new_width, new_height) != (width, height):  # torchvision leaves an image of the right size untouched
+        for target in passes:
+            if target != tuple(x.shape[-2:]):
+                x = _round_to_8_bits(F.interpolate(x, size=target, mode="bicubic", antialias=True,
+                                                   align_corners=False))
+    return x[:, :, top:top + size, left:left + size]
+
+
+class Normalizer:
+    """CLIP's (x / 255 - mean) / std with the very float32 operations of the CPU path's table, so equal
+    8-bit values give bit-identical pixels on either path."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device):
+        self.mean = torch.tensor(np.asarray(mean, dtype=np.float32), device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(np.asarray(std, dtype=np.float32), device=device).view(1, 3, 1, 1)
+
+    def __call__(self, values: torch.Tensor) -> torch.Tensor:
+        return (values / 255.0 - self.mean) / self.std
+
+
+class BatchPreprocessor:
+    """Encoded images -> pixels [M, 3, size, size] (`dtype`, on `device`) for the good ones, in input order,
+    plus {index: reason} for the bad ones."""
+
+    def __init__(self, size: int, device: torch.device, dtype: torch.dtype, mean: Sequence[float],
+                 std: Sequence[float], *, gpu_decode: bool = True, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                 max_bytes: int = DEFAULT_MAX_IMAGE_BYTES, fast_jpeg: bool = False, map_images: MapImages = map,
+                 decoder: Decoder | None = None):
+        self.size, self.device, self.dtype = size, device, dtype
+        self.gpu_decode, self.max_pixels, self.max_bytes, self.fast_jpeg = gpu_decode, max_pixels, max_bytes, fast_jpeg
+        self.map_images = map_images  # decodes the CPU path's images (a thread pool's map: Pillow releases the GIL)
+        self._cpu_job = ThreadPoolExecutor(1, thread_name_prefix="clip-cpu-path")  # runs beside the GPU work
+        self.normalize = Normalizer(mean, std, device)
+        self.decoder = decoder if decoder is not None else (default_decoder(device) if gpu_decode else None)
+
+    def __call__(self, images: Sequence[bytes]) -> tuple[torch.Tensor, dict[int, str]]:
+        gpu: dict[int, int] = {}  # index -> pixels it decodes to, for the JPEGs the GPU path takes
+        errors: dict[int, str] = {}
+        for index, data in enumerate(images):
+            frame = gpu_decodable_jpeg(data) if self.gpu_decode and len(data) <= self.max_bytes else None
+            if frame is None:
+                continue
+            try:  # the exact path's limits, checked before anything is decoded
+                check_declared_size(*frame, self.max_pixels)
+                resize_plan(*frame, self.size, self.max_pixels)
+                gpu[index] = frame[0] * frame[1]
+            except ImageRejected as error:
+                errors[index] = str(error)
+        cpu_indices = [i for i in range(len(images)) if i not in gpu and i not in errors]
+        cpu_work = self._start_cpu(images, cpu_indices)
+        pixels: dict[int, torch.Tensor] = {}
+        refused_by_gpu = self._gpu_pixels(images, gpu, pixels)
+        cpu_pixels, cpu_errors = cpu_work()
+        retried, retry_errors = self._cpu(images, refused_by_gpu)
+        for indices, values, refusals in ((cpu_indices, cpu_pixels, cpu_errors), (refused_by_gpu, retried, retry_errors)):
+            good = [i for position, i in enumerate(indices) if position not in refusals]
+            errors.update({indices[position]: reason for position, reason in refusals.items()})
+            if good:
+                values = torch.from_numpy(values).to(self.device, non_blocking=False)
+                pixels.update(zip(good, values))
+        order = sorted(pixels)
+        if not order:
+            return torch.empty((0, 3, self.size, self.size), dtype=self.dtype, device=self.device), errors
+        return torch.stack([pixels[i] for i in order]).to(self.dtype), errors
+
+    def close(self) -> None:
+        self._cpu_job.shutdown(wait=True)
+
+    def _start_cpu(self, images: Sequence[bytes], indices: list[int]):
+        """Begin the exact CPU path for `indices` (beside the GPU work); returns its result getter."""
+        if not indices:
+            return lambda: self._cpu(images, indices)
+        return self._cpu_job.submit(self._cpu, images, indices).result
+
+    def _cpu(self, images: Sequence[bytes], indices: list[int]) -> tuple[np.ndarray, dict[int, str]]:
+        """OpenAI's exact transform (clip_transform): float32 pixels of the good ones, {position: reason}."""
+        if not indices:
+            return np.zeros((0, 3, self.size, self.size), np.float32), {}
+        return preprocess_batch([images[i] for i in indices], self.size, self.max_pixels, self.max_bytes,
+                                self.fast_jpeg, self.map_images)
+
+    def _gpu_pixels(self, images: Sequence[bytes], areas: dict[int, int], pixels: dict[int, torch.Tensor]) -> list[int]:
+        """Decode, resize and normalize the GPU-bound JPEGs into `pixels`; returns the indices the decoder refused."""
+        refused: list[int] = []
+        for chunk in _chunks(list(areas), areas.__getitem__, DECODE_BUDGET_PIXELS):
+            decoded = self.decoder([images[i] for i in chunk])
+            by_size: dict[tuple[int, int], list[tuple[int, torch.Tensor]]] = defaultdict(list)
+            for index, result in zip(chunk, decoded):
+                if isinstance(result, Exception) or result.shape[0] != 3:
+                    refused.append(index)
+                else:
+                    by_size[tuple(result.shape[-2:])].append((index, result))
+            for (height, width), members in by_size.items():
+                try:  # from the decoded size, which is the header's unless the decoder disagrees
+                    plan = resize_plan(width, height, self.size, self.max_pixels)
+                except ImageRejected:
+                    refused += [index for index, _ in members]
+                    continue
+                for group in _chunks(members, lambda _: height * width, RESIZE_BUDGET_PIXELS):
+                    values = resize_crop(torch.stack([image for _, image in group]), self.size, plan)
+                    pixels.update(zip((index for index, _ in group), self.normalize(values)))
+        return refused
+
+
+def _chunks(items: list, cost: Callable, budget: int) -> list[list]:
+    """Consecutive groups whose summed cost stays within `budget` (an item over it forms a group alone)."""
+    groups, current, spent = [], [], 0
+    for item in items:
+        if current and spent + cost(item) > budget:
+            groups.append(current)
+            current, spent = [], 0
+        current.append(item)
+        spent += cost(item)
+    if current:
+        groups.append(current)
+    return groups

@@ -1,0 +1,57 @@
+"""clip_visual on the GPU target: the TorchScript encoder run by torch on the instance's device.
+
+Inputs arrive as DLPack tensors where they are (on the GPU when clip_preprocess made them there, which
+`FORCE_CPU_ONLY_INPUT_TENSORS: no` allows), in the config's PIXEL_VALUES type (fp16 for the fp16 variant:
+what OpenAI's fp16 model casts its images to anyway). Every request of a dynamic batch goes through the
+model in one call; the features come back as float32 on the host (a few KB per image).
+"""
+import json
+import os
+import sys
+
+import torch
+import triton_python_backend_utils as pb_utils
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from clip_batching import respond  # noqa: E402  (shipped beside this file)
+from clip_contract import EMBEDDING_OUTPUT, PIXELS_TENSOR  # noqa: E402  (likewise)
+from clip_executing_gauge import ExecutingGauge  # noqa: E402  (likewise)
+
+_DTYPES = {"TYPE_FP16": torch.float16, "TYPE_FP32": torch.float32}
+
+
+def instance_device(args) -> torch.device:
+    """The GPU Triton gave this instance (KIND_GPU), else the CPU (a KIND_CPU instance, e.g. in CI)."""
+    if args.get("model_instance_kind") == "GPU":
+        return torch.device("cuda", int(args["model_instance_device_id"]))
+    return torch.device("cpu")
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        pixels = pb_utils.get_input_config_by_name(config, PIXELS_TENSOR)
+        self.dtype = _DTYPES[pixels["data_type"]]
+        self.device = instance_device(args)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        path = os.path.join(args["model_repository"], args["model_version"], parameters["artifact"])
+        self.module = torch.jit.load(path, map_location=self.device).eval()
+        shape = [int(d) for d in pixels["dims"]]
+        with torch.inference_mode():  # first call: kernel selection and allocator warm-up, not a user's request
+            self.module(torch.zeros(1, *shape, dtype=self.dtype, device=self.device))
+        self.executing = ExecutingGauge(args)  # read by `clip-triton serve` to drain before stopping
+
+    def execute(self, requests):
+        with self.executing.tracking(requests):
+            return self._execute(requests)
+
+    def _execute(self, requests):
+        batches = [torch.from_dlpack(pb_utils.get_input_tensor_by_name(r, PIXELS_TENSOR).to_dlpack())
+                   for r in requests]
+        pixels = batches[0] if len(batches) == 1 else torch.cat(batches)
+        with torch.inference_mode():
+            features = self.module(pixels.to(self.device, self.dtype)).float().cpu().numpy()
+        return respond([len(batch) for batch in batches], {},
+                       lambda start, stop: pb_utils.Tensor(EMBEDDING_OUTPUT, features[start:stop]))

@@ -1,0 +1,70 @@
+"""Helpers for the GPU target's tests: its shipped model modules loaded as Triton loads them, JPEG variants of
+the shared photos, and the GPU repository served on whatever device this machine has."""
+from __future__ import annotations
+
+import importlib.util
+import io
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from google.protobuf import text_format
+from PIL import Image
+from tritonclient.grpc import model_config_pb2 as pb
+
+from clip_triton import contract
+from clip_triton_export.architectures import named_architecture
+from clip_triton_export.repository import RepositoryOptions, render_repository, write_repository
+from conftest import IMAGE_NAMES, image_bytes
+
+
+def shipped_gpu_transform(directory: Path) -> ModuleType:
+    """clip_preprocess's `clip_gpu_transform` as the GPU target ships it (beside its copy of clip_transform),
+    imported from a rendered repository: the tests run the file the server runs."""
+    write_repository(directory, render_repository(named_architecture("ViT-B/32"), RepositoryOptions(target="gpu")))
+    folder = directory / contract.PREPROCESS_MODEL / "1"
+    sys.path.insert(0, str(folder))
+    try:
+        for name in ("clip_transform", "clip_gpu_transform"):
+            sys.modules.pop(name, None)
+            spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(folder))
+
+
+def jpeg(image: Image.Image, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", **options)
+    return buffer.getvalue()
+
+
+def jpeg_photos(quality: int = 90) -> dict[str, bytes]:
+    """Every shared photo as a baseline 4:2:0 JPEG of its own size (the JPEGs as they are), plus a greyscale
+    and a progressive one: what the GPU path decodes."""
+    photos = {}
+    for name in IMAGE_NAMES:
+        data = image_bytes(name)
+        with Image.open(io.BytesIO(data)) as image:
+            photos[name] = data if image.format == "JPEG" else jpeg(image.convert("RGB"), quality=quality,
+                                                                    subsampling="4:2:0")
+    with Image.open(io.BytesIO(image_bytes("camera.png"))) as grey:
+        photos["camera-grey.jpg"] = jpeg(grey, quality=quality)
+    with Image.open(io.BytesIO(image_bytes("chelsea.png"))) as cat:
+        photos["chelsea-progressive.jpg"] = jpeg(cat.convert("RGB"), quality=quality, progressive=True)
+    return photos
+
+
+def on_cpu_instances(repository: Path) -> Path:
+    """Run a GPU-target repository's models on KIND_CPU instances: the same model code, on a machine
+    without a GPU (the code then takes torch's CPU device and Pillow stands in for nvJPEG)."""
+    for model in (contract.PREPROCESS_MODEL, contract.VISUAL_MODEL):
+        path = repository / model / "config.pbtxt"
+        config = text_format.Parse(path.read_text(), pb.ModelConfig())
+        for group in config.instance_group:
+            group.kind = pb.ModelInstanceGroup.KIND_CPU
+        path.write_text(text_format.MessageToString(config))
+    return repository
