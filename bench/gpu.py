@@ -1,0 +1,259 @@
+"""`make bench-gpu`: the GPU target measured beside OpenAI's own way, on one GPU host, in one run.
+
+    python -m bench.gpu [--seconds 4] [--report-dir bench/report/gpu] [--repository DIR]
+
+Measures OpenAI's way (fp16 on CUDA, its PIL/torchvision transform, batch 1 and 64), the fp16 model alone
+(batch 256 and 1024), nvJPEG decoding alone and the whole GPU transform alone, then the server end to end
+over gRPC (encoded JPEGs in, features out) on small photos and 12 MP phone JPEGs, with Triton's per-model
+breakdown and a feature check against eager fp32. Writes results.json, report.md and PNG plots. Every stage
+runs even if an earlier one failed (its error is recorded), and results.json is rewritten after each, so a
+cut-short run still leaves what it measured. Without a CUDA GPU it says so and exits 0.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+from types import ModuleType
+from typing import Callable
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_IMAGES = ROOT.parent / "shared" / "images"
+# "CxN[:P]": C requests in flight, N images each, spread over P load-generator processes.
+SMALL_LEVELS = "1x1,64x1:4,16x64:4,32x64:8,64x64:8"
+PHONE_LEVELS = "1x1,8x16:4,16x16:8,32x16:8"
+# Other settings measured beside the defaults, at one high level each: what the defaults are chosen against.
+VARIANTS = {
+    "1 preprocessing instance": {"preprocess_instances": 1},
+    "4 preprocessing instances": {"preprocess_instances": 4},
+}
+VARIANT_LEVELS = {"small": "32x64:8", "phone": "16x16:8"}
+
+
+def say(message: str) -> None:
+    print(f"[bench-gpu {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def parse_levels(text: str):
+    from measure.loadgen import Level
+
+    levels = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        shape, _, processes = item.partition(":")
+        concurrency, _, per_request = shape.partition("x")
+        levels.append(Level(int(concurrency), int(per_request or 1), int(processes or 1)))
+    return levels
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__.split("\n")[0])
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", type=Path, help="OpenAI checkpoint (default: seeded random --random-init)")
+    source.add_argument("--random-init", default="ViT-B/32")
+    parser.add_argument("--repository", type=Path, help="serve this exported GPU repository instead of exporting one")
+    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="folder of small photos")
+    parser.add_argument("--seconds", type=float, default=4.0, help="measurement time per point")
+    parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per server level")
+    parser.add_argument("--small-levels", default=SMALL_LEVELS, help=f"server levels, small JPEGs ({SMALL_LEVELS})")
+    parser.add_argument("--phone-levels", default=PHONE_LEVELS, help=f"server levels, 12 MP JPEGs ({PHONE_LEVELS})")
+    parser.add_argument("--no-variants", action="store_true", help="measure the defaults only")
+    parser.add_argument("--fidelity", type=Path, help="JSON written by `make test-gpu` (CLIP_TRITON_GPU_FIDELITY)")
+    parser.add_argument("--work-dir", type=Path, default=ROOT / "bench_out" / "gpu")
+    parser.add_argument("--report-dir", type=Path, default=ROOT / "bench" / "report" / "gpu")
+    return parser.parse_args(argv)
+
+
+class Run:
+    """The results dictionary, saved after every stage; a failed stage records its error and the run goes on."""
+
+    def __init__(self, report_dir: Path):
+        self.report_dir = report_dir
+        self.results: dict = {"schema": 1, "errors": {}}
+        report_dir.mkdir(parents=True, exist_ok=True)
+
+    def stage(self, name: str, measure: Callable[[], object]):
+        say(f"{name} ...")
+        started = time.monotonic()
+        try:
+            value = measure()
+        except Exception as error:  # noqa: BLE001 - recorded, and the other stages still run
+            self.results["errors"][name] = f"{type(error).__name__}: {error}"
+            say(f"{name} FAILED: {error}\n{traceback.format_exc()}")
+            value = None
+        else:
+            self.results[name] = value
+            say(f"{name} done in {time.monotonic() - started:.1f} s")
+        self.save()
+        return value
+
+    def save(self) -> None:
+        (self.report_dir / "results.json").write_text(json.dumps(self.results, indent=1, default=str) + "\n")
+
+
+def shipped_module(folder: Path, name: str) -> ModuleType:
+    """Import a module shipped beside a model (and its shipped siblings) the way the Python backend does."""
+    sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is None or not torch.cuda.is_available():
+        print("make bench-gpu: no CUDA GPU here (torch.cuda.is_available() is False): nothing measured. "
+              "Run it on a host with an NVIDIA GPU.")
+        return 0
+    from clip_triton import contract
+    from clip_triton.transform import preprocess
+    from clip_triton_export.pipeline import export_repository, load_source
+    from clip_triton_serve import local_server
+    from measure import images as workloads, loadgen, machine
+
+    from . import gpu_inprocess, gpu_report
+
+    run = Run(args.report_dir)
+    run.results["machine"] = machine.describe()
+    run.results["settings"] = {key: str(value) for key, value in vars(args).items()}
+    say(machine.one_line(run.results["machine"]))
+    work = args.work_dir
+    small = workloads.small_jpegs(args.images, work / "small-jpegs")
+    phone = workloads.phone_photos(args.images, work / "phone-photos")
+    sets = {"small": [data for _, data in small.images], "phone": [data for _, data in phone.images]}
+    run.results["workloads"] = {"small": small.summary(), "phone": phone.summary()}
+    loaded = load_source(args.checkpoint, None if args.checkpoint else args.random_init)
+    size = loaded.spec.image_resolution
+    run.results["model"] = {"source": loaded.source, "architecture": str(loaded.spec),
+                            "random_weights": loaded.random_weights}
+
+    def openai() -> dict:
+        model = gpu_inprocess.openai_model(loaded.model)
+        measured = {}
+        for name, images in sets.items():
+            for batch in (1, 64):
+                # a 64-image batch of 12 MP photos takes OpenAI's way ~15 s: one timed batch, after a
+                # one-image warm-up, is enough
+                slow = name == "phone" and batch > 1
+                if slow:
+                    gpu_inprocess.openai_way(model, images[:1], size, 1, 0, min_steps=1, warmup_steps=0)
+                measured[f"{name}_b{batch}"] = gpu_inprocess.openai_way(
+                    model, images, size, batch, 0 if slow else args.seconds, min_steps=1 if slow else 2,
+                    warmup_steps=0 if slow else 1)
+                say(f"  OpenAI's way, {name}, batch {batch}: {measured[f'{name}_b{batch}']['images_per_s']:.1f} images/s")
+        del model
+        torch.cuda.empty_cache()
+        return measured
+
+    run.stage("openai_way", openai)
+
+    def export() -> dict:
+        repository = args.repository or work / "repository"
+        if args.repository is None:
+            say(export_repository(repository, checkpoint=args.checkpoint,
+                                  random_init=None if args.checkpoint else args.random_init, target="gpu"))
+        return {"path": str(repository)}
+
+    exported = run.stage("repository", export)
+    repository = Path(exported["path"]) if exported else None
+    artifact = repository / contract.VISUAL_MODEL / "1" / "model.pt" if repository else None
+
+    run.stage("model_alone", lambda: gpu_inprocess.model_alone(artifact, size, (256, 1024), args.seconds))
+
+    def decoding() -> dict:
+        folder = repository / contract.PREPROCESS_MODEL / "1"
+        transform = shipped_module(folder, "clip_transform")
+        gpu_transform = shipped_module(folder, "clip_gpu_transform")
+        preprocessor = gpu_transform.BatchPreprocessor(size, torch.device("cuda"), torch.float16,
+                                                       transform.CLIP_MEAN, transform.CLIP_STD)
+        measured = {}
+        for name, images in sets.items():
+            batch = 256 if name == "small" else 64
+            measured[f"nvjpeg_{name}"] = gpu_inprocess.nvjpeg_alone(images, batch, args.seconds)
+            measured[f"transform_{name}"] = gpu_inprocess.gpu_transform_alone(preprocessor, images, batch, args.seconds)
+            say(f"  {name}: nvJPEG alone {measured[f'nvjpeg_{name}']['images_per_s']:.0f} images/s, whole GPU "
+                f"transform {measured[f'transform_{name}']['images_per_s']:.0f} images/s (batch {batch})")
+        preprocessor.close()
+        for name, images in sets.items():
+            batch = 256 if name == "small" else 64
+            for processes in (2, 4):
+                scaled = gpu_inprocess.nvjpeg_in_processes(images, batch, processes, args.seconds)
+                measured[f"nvjpeg_{name}_{processes}_processes"] = scaled
+                say(f"  {name}: nvJPEG in {processes} processes at once: {scaled['images_per_s']:.0f} images/s")
+            threads = machine.describe(with_gpu=False)["usable_cpus"]
+            measured[f"libjpeg_{name}"] = gpu_inprocess.libjpeg_alone(images, threads, args.seconds)
+            say(f"  {name}: libjpeg on {threads} CPU threads: {measured[f'libjpeg_{name}']['images_per_s']:.0f} images/s")
+        return measured
+
+    run.stage("decoding_alone", decoding)
+
+    def serve_and_measure(served_repository: Path, levels: dict[str, str], check: bool) -> dict:
+        measured: dict = {"sweeps": {}, "check": {}}
+        log = (work / "tritonserver.log").resolve()
+        log.unlink(missing_ok=True)
+        with local_server(served_repository.resolve(), ready_timeout_s=600, log_path=log) as served:
+            say(f"server ready on {served.grpc_url} (pid {served.pid}); log {log}")
+            measured["command"] = served.options.command(Path("tritonserver"), Path("backends"))
+            if check:
+                reference = loaded.model.float().eval().cuda()
+                for name, images in sets.items():
+                    features = loadgen.encode_all(served.grpc_url, images)
+                    with torch.no_grad():
+                        exact = reference(torch.from_numpy(np.stack([preprocess(data, size) for data in images]))
+                                          .cuda()).cpu().numpy()
+                    measured["check"][name] = float(cosine(features, exact).min())
+                    say(f"  features vs eager fp32 on the exact transform, {name}: min cosine "
+                        f"{measured['check'][name]:.6f}")
+            for name, text in levels.items():
+                loadgen.encode_all(served.grpc_url, sets[name])  # every image seen once before timing
+                measured["sweeps"][name] = loadgen.sweep(served.grpc_url, sets[name], parse_levels(text),
+                                                         args.warmup, args.seconds, progress=say)
+        return measured
+
+    def server() -> dict:
+        return serve_and_measure(repository, {"small": args.small_levels, "phone": args.phone_levels}, check=True)
+
+    def variants() -> dict:
+        from clip_triton_export.repository import RepositoryOptions
+
+        measured = {}
+        for name, overrides in VARIANTS.items():
+            folder = work / "variants" / name.split(" (")[0].replace(" ", "-").replace(",", "")
+            export_repository(folder, RepositoryOptions(target="gpu", **overrides), configs_only=True,
+                              checkpoint=args.checkpoint, random_init=None if args.checkpoint else args.random_init)
+            (folder / artifact.relative_to(repository)).unlink(missing_ok=True)
+            (folder / artifact.relative_to(repository)).hardlink_to(artifact)
+            say(f"variant: {name}")
+            measured[name] = {"options": overrides, **serve_and_measure(folder, VARIANT_LEVELS, check=False)}
+            run.results["variants"] = measured
+            run.save()
+        return measured
+
+    run.stage("server", server)
+    if not args.no_variants:
+        run.stage("variants", variants)
+    if args.fidelity and args.fidelity.is_file():
+        run.results["fidelity"] = json.loads(args.fidelity.read_text())
+    run.results["headline"] = gpu_report.headline(run.results)
+    run.save()
+    written = gpu_report.write_report(run.results, args.report_dir)
+    say(f"wrote {', '.join(str(path) for path in written)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""`make bench-gpu`'s report: the headline against the GPU targets, every measured figure, and one plot.
+
+    python -m bench.gpu_report bench/report/gpu/results.json   # re-render from the JSON alone
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+# Issue 15's targets for one H200, one run.
+TARGET_SMALL_IMAGES_PER_S = 10_000
+TARGET_SMALL_OVER_OPENAI_B64 = 150
+TARGET_PHONE_IMAGES_PER_S = 1_500
+TARGET_P50_MS_AT_CONCURRENCY_1 = 10.0
+TARGET_SHARE_OF_A_CAPPING_UNIT = 0.85
+WORKLOADS = ("small", "phone")
+
+
+def _ips(measured: dict | None) -> float | None:
+    return None if not measured else measured.get("images_per_s")
+
+
+def _level_name(level: dict) -> str:
+    return f"{level['concurrency']} × {level['images_per_request']} image(s), {level['processes']} process(es)"
+
+
+def _nvjpeg_cap(decoding: dict, name: str) -> float | None:
+    """nvJPEG's best measured rate for a workload: in one process, or several decoding at once."""
+    rates = [measured["images_per_s"] for key, measured in decoding.items()
+             if key == f"nvjpeg_{name}" or (key.startswith(f"nvjpeg_{name}_") and key.endswith("_processes"))]
+    return max(rates, default=None)
+
+
+def headline(results: dict) -> dict:
+    """The quoted figures, and each target's verdict where its inputs were measured."""
+    openai = results.get("openai_way") or {}
+    decoding = results.get("decoding_alone") or {}
+    sweeps = (results.get("server") or {}).get("sweeps", {})
+    figures: dict = {}
+    for name in WORKLOADS:
+        levels = sweeps.get(name, [])
+        best = max(levels, key=lambda level: level["images_per_s"], default=None)
+        single = next((level for level in levels if level["concurrency"] == 1 and level["images_per_request"] == 1),
+                      None)
+        b1, b64 = _ips(openai.get(f"{name}_b1")), _ips(openai.get(f"{name}_b64"))
+        figures[name] = {
+            "server_images_per_s": best and best["images_per_s"], "server_best_level": best and _level_name(best),
+            "server_errors": sum(level["errors"] for level in levels),
+            "p50_ms_at_concurrency_1": single and single["latency_ms"]["p50"],
+            "openai_b1_images_per_s": b1, "openai_b64_images_per_s": b64,
+            "server_over_openai_b64": best and b64 and best["images_per_s"] / b64,
+            "server_over_openai_b1": best and b1 and best["images_per_s"] / b1,
+            "nvjpeg_alone_images_per_s": _nvjpeg_cap(decoding, name),
+            "libjpeg_alone_images_per_s": _ips(decoding.get(f"libjpeg_{name}")),
+            "gpu_transform_alone_images_per_s": _ips(decoding.get(f"transform_{name}")),
+        }
+        decode = figures[name]["nvjpeg_alone_images_per_s"]
+        figures[name]["server_over_nvjpeg_alone"] = best and decode and best["images_per_s"] / decode
+    alone = (results.get("model_alone") or {}).get("by_batch", {})
+    figures["model_alone_images_per_s"] = {batch: measured["images_per_s"] for batch, measured in alone.items()}
+    figures["targets"] = _verdicts(figures)
+    return figures
+
+
+def _verdicts(figures: dict) -> dict:
+    small, phone = figures["small"], figures["phone"]
+
+    def verdict(value, bound, at_least=True):
+        if value is None:
+            return "not measured"
+        return "met" if (value >= bound if at_least else value <= bound) else "not met"
+
+    return {
+        f"small JPEGs >= {TARGET_SMALL_IMAGES_PER_S} images/s": verdict(small["server_images_per_s"],
+                                                                       TARGET_SMALL_IMAGES_PER_S),
+        f"small JPEGs >= {TARGET_SMALL_OVER_OPENAI_B64}x OpenAI batch 64": verdict(small["server_over_openai_b64"],
+                                                                                 TARGET_SMALL_OVER_OPENAI_B64),
+        f"12 MP JPEGs >= {TARGET_PHONE_IMAGES_PER_S} images/s": verdict(phone["server_images_per_s"],
+                                                                       TARGET_PHONE_IMAGES_PER_S),
+        f"12 MP JPEGs >= {TARGET_SHARE_OF_A_CAPPING_UNIT:.0%} of nvJPEG's cap": verdict(
+            phone["server_over_nvjpeg_alone"], TARGET_SHARE_OF_A_CAPPING_UNIT),
+        f"p50 at concurrency 1 <= {TARGET_P50_MS_AT_CONCURRENCY_1:.0f} ms (small JPEG)": verdict(
+            small["p50_ms_at_concurrency_1"], TARGET_P50_MS_AT_CONCURRENCY_1, at_least=False),
+        "zero errors": "met" if small["server_errors"] + phone["server_errors"] == 0 else "not met",
+    }
+
+
+def _number(value, form: str = "{:,.0f}") -> str:
+    return "–" if value is None else form.format(value)
+
+
+def markdown(results: dict) -> str:
+    head = results.get("headline") or headline(results)
+    machine = results.get("machine", {})
+    gpu = machine.get("gpu") or {}
+    device = (gpu.get("devices") or [{}])[0]
+    lines = ["# GPU benchmark (`make bench-gpu`)", "",
+             f"Measured {machine.get('date_utc', '?')} on {gpu.get('count', '?')} × {device.get('name', '?')} "
+             f"({device.get('memory_mib', '?')} MiB, driver {device.get('driver', '?')}, torch {gpu.get('torch', '?')}, "
+             f"CUDA {gpu.get('cuda', '?')}) with {machine.get('usable_cpus', '?')} CPUs ({machine.get('cpu_model', '?')}); "
+             f"model: {results.get('model', {}).get('architecture', '?')} ({results.get('model', {}).get('source', '?')}), "
+             f"fp16, GPU target defaults.", "",
+             "## Headline", "", "| target | verdict |", "|---|---|"]
+    lines += [f"| {name} | {verdict} |" for name, verdict in head["targets"].items()]
+    lines += ["", "| images/s | small JPEGs | 12 MP JPEGs |", "|---|---|---|"]
+    rows = [("OpenAI's way, batch 1", "openai_b1_images_per_s"), ("OpenAI's way, batch 64", "openai_b64_images_per_s"),
+            ("nvJPEG decoding alone (best measured)", "nvjpeg_alone_images_per_s"),
+            ("libjpeg decoding alone, every CPU thread", "libjpeg_alone_images_per_s"),
+            ("the whole GPU transform alone", "gpu_transform_alone_images_per_s"),
+            ("**the server end to end** (best level)", "server_images_per_s")]
+    for label, key in rows:
+        lines.append(f"| {label} | {_number(head['small'][key])} | {_number(head['phone'][key])} |")
+    lines.append(f"| server / OpenAI batch 64 | {_number(head['small']['server_over_openai_b64'], '{:.0f}×')} | "
+                 f"{_number(head['phone']['server_over_openai_b64'], '{:.0f}×')} |")
+    lines.append(f"| server p50 at concurrency 1 | {_number(head['small']['p50_ms_at_concurrency_1'], '{:.1f} ms')} | "
+                 f"{_number(head['phone']['p50_ms_at_concurrency_1'], '{:.1f} ms')} |")
+    alone = head["model_alone_images_per_s"]
+    lines += ["", "The fp16 model alone (pixels on the GPU): " +
+              ", ".join(f"batch {batch}: {_number(value)} images/s" for batch, value in alone.items()) + "."]
+    decoding = results.get("decoding_alone") or {}
+    if decoding:
+        lines += ["", "## Decoding alone", "", "| measured | small JPEGs | 12 MP JPEGs |", "|---|---|---|"]
+        labels = {"nvjpeg": "nvJPEG, one process", "nvjpeg_2_processes": "nvJPEG, 2 processes at once (sum)",
+                  "nvjpeg_4_processes": "nvJPEG, 4 processes at once (sum)", "transform": "the whole GPU transform",
+                  "libjpeg": "libjpeg (Pillow), every CPU thread"}
+        for key, label in labels.items():
+            cells = [_number(_ips(decoding.get(f"{key.split('_')[0]}_{name}{key[len(key.split('_')[0]):]}")))
+                     for name in WORKLOADS]
+            lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
+    variants = results.get("variants") or {}
+    if variants:
+        lines += ["", "## Settings compared (one high level each)", "",
+                  "| settings | small JPEGs images/s | 12 MP JPEGs images/s | errors |", "|---|---|---|---|"]
+        for name, measured in variants.items():
+            sweeps = measured.get("sweeps", {})
+            best = {w: max((level["images_per_s"] for level in sweeps.get(w, [])), default=None) for w in WORKLOADS}
+            errors = sum(level["errors"] for w in WORKLOADS for level in sweeps.get(w, []))
+            lines.append(f"| {name} | {_number(best['small'])} | {_number(best['phone'])} | {errors} |")
+    if results.get("errors"):
+        lines += ["", "## Stages that failed", ""] + [f"- {name}: `{error}`" for name, error in results["errors"].items()]
+    server = results.get("server") or {}
+    if server.get("check"):
+        lines += ["", "## Correctness", "", "Served features against eager fp32 PyTorch on the exact transform's pixels "
+                  "(the fp16 model and the GPU decoding together): " +
+                  ", ".join(f"{name}: min cosine {value:.6f}" for name, value in server["check"].items()) + "."]
+    if results.get("fidelity"):
+        lines += ["", "From `make test-gpu` (CLIP_TRITON_GPU_FIDELITY):", "", "```",
+                  json.dumps(results["fidelity"], indent=1), "```"]
+    for name in WORKLOADS:
+        levels = server.get("sweeps", {}).get(name, [])
+        if not levels:
+            continue
+        description = results.get("workloads", {}).get(name, {}).get("description", name)
+        lines += ["", f"## Server end to end: {description}", "",
+                  "| level | images/s | requests/s | p50 ms | p99 ms | errors | preprocess batch / queue ms / compute ms "
+                  "| visual batch / queue ms / compute ms |", "|---|---|---|---|---|---|---|---|"]
+        for level in levels:
+            stats = level.get("server_stats", {})
+            cells = []
+            for model in ("clip_preprocess", "clip_visual"):
+                s = stats.get(model, {})
+                cells.append(f"{s.get('avg_batch_size', 0):.0f} / {s.get('queue_ms', 0):.1f} / "
+                             f"{s.get('compute_infer_ms', 0):.1f}")
+            lines.append(f"| {_level_name(level)} | {level['images_per_s']:,.0f} | {level.get('requests_per_s', 0):,.1f} "
+                         f"| {level['latency_ms']['p50']:.1f} | {level['latency_ms']['p99']:.1f} | {level['errors']} | "
+                         f"{cells[0]} | {cells[1]} |")
+            if level.get("first_error"):
+                lines.append(f"|  | first error: `{level['first_error'][:150]}` | | | | | | |")
+    if server.get("command"):
+        lines += ["", "Server command line: `" + " ".join(server["command"]) + "`"]
+    lines += ["", "Reproduce: `make bench-gpu` on a GPU host (`python -m bench.gpu --help`); "
+              "`python -m bench.gpu_report bench/report/gpu/results.json` re-renders this page."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    head = results.get("headline") or headline(results)
+    labels = ["OpenAI b1", "OpenAI b64", "libjpeg alone", "nvJPEG alone", "GPU transform alone", "server"]
+    keys = ["openai_b1_images_per_s", "openai_b64_images_per_s", "libjpeg_alone_images_per_s",
+            "nvjpeg_alone_images_per_s", "gpu_transform_alone_images_per_s", "server_images_per_s"]
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for axis, name in zip(axes, WORKLOADS):
+        values = [head[name][key] or 0 for key in keys]
+        axis.bar(labels, values, color=["#999", "#777", "#aab", "#6a9", "#4a8", "#c44"])
+        axis.set_yscale("log")
+        axis.set_title({"small": "small JPEG photos", "phone": "12 MP phone JPEGs"}[name])
+        axis.set_ylabel("images/s (log)")
+        axis.tick_params(axis="x", rotation=30)
+        for index, value in enumerate(values):
+            if value:
+                axis.text(index, value, f"{value:,.0f}", ha="center", va="bottom", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def write_report(results: dict, report_dir: Path) -> list[Path]:
+    report_dir.mkdir(parents=True, exist_ok=True)
+    page = report_dir / "report.md"
+    page.write_text(markdown(results))
+    written = [page]
+    try:
+        written.append(plot(results, report_dir / "throughput.png"))
+    except Exception as error:  # noqa: BLE001 - the page matters more than the picture
+        print(f"plot not written: {error}")
+    return written
+
+
+if __name__ == "__main__":
+    source = Path(sys.argv[1])
+    data = json.loads(source.read_text())
+    data["headline"] = headline(data)
+    print("\n".join(str(p) for p in write_report(data, source.parent)))
