@@ -20,7 +20,7 @@ from typing import Iterator
 import promql_parser
 import yaml
 
-from clip_triton_serve import free_ports
+from clip_triton_serve import ServerOptions, free_ports
 from clip_triton_serve.installation import local_environment, local_installation, triton_home
 from clip_triton_serve.probes import is_ready
 
@@ -127,22 +127,15 @@ def http(method: str, url: str, headers: dict[str, str] | None = None, body: byt
 
 
 class EntrypointServer:
-    """tritonserver started by the container's entrypoint, on free loopback ports."""
+    """tritonserver started by the container's entrypoint, on free loopback ports (its URLs are the ones
+    ServerOptions gives for those ports)."""
 
-    def __init__(self, process: subprocess.Popen, ports: dict[str, int], log: Path):
+    def __init__(self, process: subprocess.Popen, repository: Path, ports: dict[str, int], log: Path):
         self.process, self.ports, self.log = process, ports, log
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports['HTTP_PORT']}"
-
-    @property
-    def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.ports['GRPC_PORT']}"
-
-    @property
-    def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports['METRICS_PORT']}/metrics"
+        self.options = ServerOptions(repository, grpc_port=ports["GRPC_PORT"], http_port=ports["HTTP_PORT"],
+                                     metrics_port=ports["METRICS_PORT"])
+        self.grpc_url, self.http_url, self.metrics_url = (self.options.grpc_url, self.options.http_url,
+                                                          self.options.metrics_url)
 
 
 def entrypoint_environment(repository: Path, workdir: Path, ports: dict[str, int], **extra: str) -> dict[str, str]:
@@ -162,7 +155,7 @@ def entrypoint_server(repository: Path, args: list[str] = (), **extra_env: str) 
     with open(log, "wb") as log_file:
         process = subprocess.Popen([sys.executable, str(START), *args], env=env, stdout=log_file,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    server = EntrypointServer(process, ports, log)
+    server = EntrypointServer(process, repository, ports, log)
     try:
         deadline = time.monotonic() + 180
         while not is_ready(server.http_url):

@@ -69,6 +69,10 @@ class ServerOptions:
         return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
 
     @property
+    def grpc_url(self) -> str:
+        return f"{self.local_host}:{self.grpc_port}"
+
+    @property
     def http_url(self) -> str:
         return f"http://{self.local_host}:{self.http_port}"
 

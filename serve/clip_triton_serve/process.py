@@ -56,7 +56,7 @@ class TritonServer:
 
     @property
     def grpc_url(self) -> str:
-        return f"{self.options.local_host}:{self.options.grpc_port}"
+        return self.options.grpc_url
 
     @property
     def http_url(self) -> str:
