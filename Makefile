@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-# torch==2.13.0 resolves to a local CPU wheel on our machines; set TORCH=torch for your platform's build.
-TORCH  ?= torch==2.13.0
+# torch 2.14.1 with torchvision 0.29.1 (CUDA builds that also run on CPU): torchvision is what open_clip imports
+# (checkpoint parity tests) and what the GPU decode path calls; set TORCH=torch torchvision for your platform's build.
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
 SHARED ?= ../shared
 DEMO_IMAGES ?= $(if $(wildcard $(SHARED)/images),$(SHARED)/images,build/clip_triton_export/sample_images)
 CHECKPOINT ?=
@@ -16,15 +17,14 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e ".[export,serve,test,load]"
 	touch $@
 
 # A GPU host: a CUDA build of torch with torchvision (nvJPEG), then `make test-gpu` and `make bench-gpu`.
 # On a host where packages come from elsewhere, run them with PY=python3 and the packages on PYTHONPATH.
 install-gpu:
-	$(MAKE) install TORCH=torch
-	$(BIN)/python -m pip install --quiet torchvision
+	$(MAKE) install TORCH="torch torchvision"
 PY ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
 
 demo: install
