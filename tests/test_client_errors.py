@@ -2,6 +2,8 @@
 INVALID_ARGUMENT never retried, unreachable servers reported clearly."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -104,11 +106,15 @@ def test_an_unreachable_server_is_retried_then_reported_clearly() -> None:
 
 
 def test_server_refusals_that_retrying_cannot_fix_are_raised_at_once(vit_server) -> None:
-    with ClipClient(vit_server.grpc_url) as client:
+    """A model the server never had is NOT_FOUND "is not found": final at once, even with a long retry deadline
+    (unlike the NOT_FOUND "has no available versions" of a server that is stopping, which is retried)."""
+    with ClipClient(vit_server.grpc_url, retry_deadline=60) as client:
         client.model_info()
-        with pytest.raises(RequestFailedError, match="NOT_FOUND: Request for unknown model: 'no_such_model'"):
+        started = time.monotonic()
+        with pytest.raises(RequestFailedError, match="NOT_FOUND: Request for unknown model: 'no_such_model' is not found"):
             client._run(client.core.call("get_model_config", context="reading no_such_model's config",
                                          model_name="no_such_model", as_json=True))
+        assert time.monotonic() - started < 5
 
 
 def test_a_tiny_timeout_surfaces_as_a_clip_timeout_error(client: ClipClient) -> None:

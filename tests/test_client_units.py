@@ -34,7 +34,16 @@ def test_backoff_grows_exponentially_with_jitter_up_to_the_cap() -> None:
      ("StatusCode.UNAVAILABLE", "This protocol is restricted, expecting header 'triton-grpc-protocol-k'", False),
      ("StatusCode.INVALID_ARGUMENT", "IMAGE[0]: empty input", False),
      ("StatusCode.INTERNAL", "boom", False),
-     ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded", False)],
+     ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded", False),
+     # A server going away (issue 16): draining, stopping, unloading, cancelling its calls, resetting.
+     ("StatusCode.UNAVAILABLE", "in ensemble 'clip_image_encoder', server is draining before it stops", True),
+     ("StatusCode.UNAVAILABLE", "Server is stopping, scheduler for model has stopped accepting requests", True),
+     ("StatusCode.NOT_FOUND", "Request for unknown model: 'clip_image_encoder' has no available versions", True),
+     ("StatusCode.NOT_FOUND", "Request for unknown model: 'clip_visual' version 1 is not at ready state", True),
+     ("StatusCode.CANCELLED", "CANCELLED", True),
+     ("StatusCode.UNAVAILABLE", "Stream removed (recvmsg:Connection reset by peer (104))", True),
+     # A model the server never had stays final.
+     ("StatusCode.NOT_FOUND", "Request for unknown model: 'no_such_model' is not found", False)],
 )
 def test_what_is_retried(status: str, message: str, retried: bool) -> None:
     assert RetryPolicy().is_retryable(status, message) is retried
@@ -46,6 +55,9 @@ def test_final_errors_have_the_right_type_and_a_readable_message() -> None:
     assert isinstance(unavailable, ServerUnavailableError)
     assert str(unavailable).startswith("encoding to h:1 failed after 3 attempt(s) over 2.5 s: UNAVAILABLE: Socket closed")
     assert isinstance(final_error("INTERNAL", "stub died", "h:1"), RequestFailedError)
+    going_away = final_error("NOT_FOUND", "Request for unknown model: 'm' has no available versions", "h:1", attempts=9)
+    assert isinstance(going_away, ServerUnavailableError)
+    assert isinstance(final_error("NOT_FOUND", "Request for unknown model: 'm' is not found", "h:1"), RequestFailedError)
 
 
 def test_endpoint_pool_fails_over_and_comes_back() -> None:

@@ -67,3 +67,11 @@ def test_pixels_input_uses_the_visual_models_datatype(datatype: str, dtype) -> N
     assert tensor.name() == contract.PIXELS_TENSOR and tensor.datatype() == datatype and tensor.shape() == [2, 3, 4, 4]
     assert np.array_equal(np.frombuffer(tensor._get_content(), dtype=dtype).reshape(pixels.shape),
                           pixels.astype(dtype))
+
+
+def test_the_drain_signal_is_spelled_the_same_by_the_supervisor_and_the_models() -> None:
+    """clip_triton_serve spells these itself (the container copies only that package): keep them equal."""
+    from clip_triton_serve import process
+
+    assert process.DRAIN_FILE_ENVIRONMENT == contract.DRAIN_FILE_ENVIRONMENT
+    assert process.ENTRY_MODEL == contract.PREPROCESS_MODEL

@@ -19,6 +19,13 @@ from .retry import RetryPolicy
 # tritonclient's own default: let the server's limit, not the client's, decide how large a request may be.
 MAX_MESSAGE_BYTES = 2**31 - 1
 COMPRESSIONS = (None, "gzip", "deflate")
+# gRPC's own name resolvers: `dns:///headless-service:8001` (every address the name has, re-resolved as
+# connections drop), `ipv4:10.0.0.1:8001,10.0.0.2:8001`, `unix:/path`. Plain 'HOST:PORT' needs no scheme.
+GRPC_TARGET_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:")
+LOAD_BALANCING = (None, "pick_first", "round_robin")
+# How soon gRPC may resolve a name again after a connection to one of its addresses dropped (gRPC's default
+# is 30 s: a pod that a rolling update replaced would be missing from the balancing that long).
+DNS_MIN_RERESOLUTION_MS = 1000
 
 Urls = Union[str, Sequence[str]]
 
@@ -38,13 +45,19 @@ class ConnectionOptions:
     # gRPC's own reconnect backoff grows to 2 minutes by default, which would keep a channel failing
     # long after a restarted server is back; our RetryPolicy does the backing off instead.
     max_reconnect_backoff_ms: int = 1000
+    # "round_robin": one channel spreads requests over every address a target resolves to (a headless
+    # Service's pods); None: gRPC's default, pick_first (one connection).
+    load_balancing: str | None = None
 
     def __post_init__(self) -> None:
         if not self.urls or any(not isinstance(u, str) or not u.strip() for u in self.urls):
             raise InvalidInputError(f"need at least one server URL as 'HOST:PORT', got {self.urls!r}")
         for url in self.urls:
-            if "://" in url:
-                raise InvalidInputError(f"gRPC URLs are 'HOST:PORT' without a scheme, got {url!r}")
+            if "://" in url and not url.startswith(GRPC_TARGET_SCHEMES):
+                raise InvalidInputError(f"gRPC URLs are 'HOST:PORT' without a scheme (or a gRPC target such as "
+                                        f"'dns:///NAME:PORT'), got {url!r}")
+        if self.load_balancing not in LOAD_BALANCING:
+            raise InvalidInputError(f"load_balancing must be one of {LOAD_BALANCING}, got {self.load_balancing!r}")
         if self.compression not in COMPRESSIONS:
             raise InvalidInputError(f"compression must be one of {COMPRESSIONS}, got {self.compression!r}")
         for name in ("root_certificates", "private_key", "certificate_chain"):
@@ -70,6 +83,8 @@ class ConnectionOptions:
             ("grpc.initial_reconnect_backoff_ms", min(100, self.max_reconnect_backoff_ms)),
             ("grpc.min_reconnect_backoff_ms", min(100, self.max_reconnect_backoff_ms)),
             ("grpc.max_reconnect_backoff_ms", self.max_reconnect_backoff_ms),
+            *([("grpc.lb_policy_name", self.load_balancing),
+               ("grpc.dns_min_time_between_resolutions_ms", DNS_MIN_RERESOLUTION_MS)] if self.load_balancing else []),
         ]
 
     def client_kwargs(self, url: str) -> dict:

@@ -367,11 +367,12 @@ class ClientBase:
                  certificate_chain: str | Path | None = None, headers: Mapping[str, str] | None = None,
                  compression: str | None = None, keepalive: grpcclient.KeepAliveOptions | None = None,
                  retry: RetryPolicy | None = None, retry_deadline: float | None = None,
-                 preprocess: str = "server"):
+                 preprocess: str = "server", load_balancing: str | None = None):
         self.options = ConnectionOptions(
             urls=as_urls(url), ssl=ssl, root_certificates=as_path(root_certificates),
             private_key=as_path(private_key), certificate_chain=as_path(certificate_chain),
             headers=dict(headers or {}), compression=compression, keepalive=keepalive,
+            load_balancing=load_balancing,
         )
         self.core = ClientCore(self.options, with_deadline(retry or RetryPolicy(), retry_deadline))
         self.preprocess = preprocess

@@ -2,9 +2,11 @@
 
 Inference is idempotent (the same image always gives the same vector and the server keeps no state
 between requests), so resending a request that failed in transit can neither duplicate nor lose a
-row. Only transient conditions are retried: UNAVAILABLE (server down, restarting, unreachable) and
-Triton's queue-full rejection ("Exceeds maximum queue size"). INVALID_ARGUMENT and every other
-status are final.
+row. Only transient conditions are retried: UNAVAILABLE (server down, restarting, draining, stopping,
+unreachable, connection reset), CANCELLED (by a server on its way out), Triton's queue-full rejection ("Exceeds maximum queue size"), and the
+NOT_FOUND a stopping Triton gives while it unloads a model it has ("has no available versions"): that
+one means "this server is going away", unlike the NOT_FOUND for a model the server never had ("is not
+found"), which stays final. INVALID_ARGUMENT and every other status are final.
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from dataclasses import dataclass, field
 from .errors import RequestFailedError, ServerTimeoutError, ServerUnavailableError, TransportError
 
 QUEUE_FULL_MESSAGE = "Exceeds maximum queue size"
+# Triton 2.51 while it stops or unloads a model it has (versus "... is not found" for a name it never had).
+GOING_AWAY_MESSAGES = ("has no available versions", "is not at ready state")
 # Triton answers a request missing a restricted protocol's header with UNAVAILABLE; waiting cannot fix it.
 RESTRICTED_MESSAGE = "This protocol is restricted"
 
@@ -37,8 +41,10 @@ class RetryPolicy:
     initial_backoff_s: float = 0.05
     max_backoff_s: float = 2.0
     multiplier: float = 2.0
-    retry_statuses: frozenset[str] = field(default_factory=lambda: frozenset({"UNAVAILABLE"}))
-    retry_messages: tuple[str, ...] = (QUEUE_FULL_MESSAGE,)
+    # CANCELLED: what a server that exits cancels its open calls with (our clients never cancel a call whose
+    # outcome they still read).
+    retry_statuses: frozenset[str] = field(default_factory=lambda: frozenset({"UNAVAILABLE", "CANCELLED"}))
+    retry_messages: tuple[str, ...] = (QUEUE_FULL_MESSAGE, *GOING_AWAY_MESSAGES)
     never_retry_messages: tuple[str, ...] = (RESTRICTED_MESSAGE,)
 
     def __post_init__(self) -> None:
@@ -74,7 +80,7 @@ def final_error(status: str | None, message: str, url: str, *, attempts: int = 1
     if RESTRICTED_MESSAGE in message:
         return RequestFailedError(f"{where} refused: {message} (pass it with headers={{...}}; over gRPC Triton "
                                   "expects the configured header name prefixed by 'triton-grpc-protocol-')", name, url)
-    if name == "UNAVAILABLE" or QUEUE_FULL_MESSAGE in message:
+    if name in ("UNAVAILABLE", "CANCELLED") or any(m in message for m in (QUEUE_FULL_MESSAGE, *GOING_AWAY_MESSAGES)):
         tries = f" after {attempts} attempt(s) over {waited_s:.1f} s" if attempts > 1 else ""
         return ServerUnavailableError(f"{where} failed{tries}: {name}: {message}{_hint(message)}", name, url)
     return RequestFailedError(f"{where} failed: {name}: {message}{_hint(message)}", name, url)

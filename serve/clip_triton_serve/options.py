@@ -93,7 +93,10 @@ class ServerOptions:
         return [*[f"--cuda-memory-pool-byte-size={device}:{size}" for device, size in sorted(pools.items())],
                 f"--backend-config=python,shm-growth-byte-size={GPU_SHM_GROWTH_BYTES}"]
 
-    def command(self, binary: Path, backends: Path) -> list[str]:
+    def command(self, binary: Path, backends: Path, behind_front_port: int | None = None) -> list[str]:
+        """tritonserver's command line. `behind_front_port`: Triton's own HTTP endpoint goes to that loopback
+        port, behind the HTTP front that owns the public one (see http_front); None: on the public port."""
+        http_host, http_port = ("127.0.0.1", behind_front_port) if behind_front_port else (self.host, self.http_port)
         return [
             str(binary),
             f"--model-repository={self.repository}",
@@ -102,7 +105,7 @@ class ServerOptions:
             "--strict-readiness=true",
             f"--exit-timeout-secs={self.exit_timeout_s}",
             f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
-            f"--http-address={self.host}", f"--http-port={self.http_port}",
+            f"--http-address={http_host}", f"--http-port={http_port}",
             "--allow-metrics=true", f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
             f"--log-verbose={self.log_verbose}",
             *self.gpu_args(),

@@ -1,7 +1,15 @@
 """A tritonserver process: start it, wait until it is ready, drain it, stop it (always by PID).
 
 The server runs in its own process group (so it can always be stopped as a whole, backend stubs
-included) and gets SIGTERM if its parent dies, so no tritonserver is ever orphaned.
+included). If its parent dies it gets SIGKILL at once: without its supervisor nobody can drain it (the
+HTTP front that reports readiness and the drain file die with the parent), and a tritonserver left to its
+own SIGTERM handling holds the ports for the whole exit timeout while answering NOT_FOUND. Killed, it
+frees the ports within a second or two and its clients retry elsewhere.
+
+Draining (`stop`): at once the HTTP front answers 503 on /v2/health/ready; the requests already waiting
+in the entry model's queue start; then the drain file appears and the entry model refuses every later
+request with UNAVAILABLE (retryable); accepted work finishes; then Triton ends. All within the exit
+timeout.
 """
 from __future__ import annotations
 
@@ -18,8 +26,15 @@ from pathlib import Path
 from typing import Iterator
 
 from . import procfs, probes
+from .http_front import HttpFront
 from .installation import Installation, InstallationError, local_installation
-from .options import ServerOptions
+from .options import ServerOptions, free_port
+
+# Where the drain signal reaches our models: clip_triton.contract.DRAIN_FILE_ENVIRONMENT (the container
+# copies only this package, so the name is spelled here too; a test keeps them equal).
+DRAIN_FILE_ENVIRONMENT = "CLIP_TRITON_DRAIN_FILE"
+# The ensemble's first step, which refuses new requests while draining (contract.PREPROCESS_MODEL).
+ENTRY_MODEL = "clip_preprocess"
 
 log = logging.getLogger("clip_triton.server")
 
@@ -29,12 +44,12 @@ class ServerError(RuntimeError):
 
 
 def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM it if its parent dies (its own process group protects it from
-    the parent's Ctrl-C, not from the parent's death)."""
+    """In the child before exec: SIGKILL it if its parent dies (its own process group protects it from
+    the parent's Ctrl-C, not from the parent's death). Why not SIGTERM: see the module docstring."""
     import ctypes
 
     PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class TritonServer:
@@ -53,6 +68,9 @@ class TritonServer:
         self._inherit_output = inherit_output
         self._workdir = Path(tempfile.mkdtemp(prefix="clip-triton-server-"))
         self.log_path = log_path or self._workdir / "tritonserver.log"
+        self.drain_file = self._workdir / "draining"
+        self._front: HttpFront | None = None
+        self._triton_http_port: int | None = None
 
     @property
     def grpc_url(self) -> str:
@@ -67,6 +85,15 @@ class TritonServer:
         return self.options.metrics_url
 
     @property
+    def triton_http_url(self) -> str:
+        """Triton's own HTTP endpoint behind the front (the supervisor's probes ask it, not the front)."""
+        return f"http://127.0.0.1:{self._triton_http_port}" if self._triton_http_port else self.http_url
+
+    @property
+    def draining(self) -> bool:
+        return self.drain_file.exists()
+
+    @property
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
@@ -78,21 +105,32 @@ class TritonServer:
             installation = self._installation or local_installation(self._workdir)
         except InstallationError as error:
             raise ServerError(str(error)) from None
-        command = self.options.command(installation.binary, installation.backends)
+        self.drain_file.unlink(missing_ok=True)
+        for path in procfs.orphaned_python_backend_shared_memory():
+            log.info("removing %s, left by a tritonserver that was killed", path)
+            path.unlink(missing_ok=True)
+        self._triton_http_port = free_port()
+        try:
+            self._front = HttpFront(self.options.host, self.options.http_port, self._triton_http_port).start()
+        except OSError as error:
+            raise ServerError(f"cannot listen on HTTP {self.options.host}:{self.options.http_port}: {error}") from None
+        command = self.options.command(installation.binary, installation.backends, self._triton_http_port)
         log.info("starting %s", " ".join(command))
+        environment = {**installation.environment, DRAIN_FILE_ENVIRONMENT: str(self.drain_file)}
         with contextlib.ExitStack() as stack:
             output = None if self._inherit_output else stack.enter_context(open(self.log_path, "ab"))
             self.process = subprocess.Popen(
                 command, stdout=output, stderr=subprocess.STDOUT if output else None, stdin=subprocess.DEVNULL,
-                env=installation.environment, start_new_session=True,
+                env=environment, start_new_session=True,
                 # The parent-death signal follows the *thread* that forks: from any other thread it would
-                # SIGTERM the server as soon as that thread ends (e.g. a restart done in a helper thread).
+                # kill the server as soon as that thread ends (e.g. a restart done in a helper thread).
                 preexec_fn=_die_with_parent if threading.current_thread() is threading.main_thread() else None,
             )
         return self
 
     def is_ready(self) -> bool:
-        return probes.is_ready(self.http_url)
+        """Triton itself is ready (what the front reports too, until a drain starts)."""
+        return probes.is_ready(self.triton_http_url)
 
     def wait_until_ready(self, timeout_s: float = 120.0) -> "TritonServer":
         deadline = time.monotonic() + timeout_s
@@ -123,37 +161,68 @@ class TritonServer:
         """Requests queued or executing right now (None if the metrics cannot be read)."""
         return probes.requests_in_flight(self.metrics_url)
 
-    def drain(self, timeout_s: float) -> bool:
-        """`wait_until_idle` on this server, while its process lives. Returns whether it went idle."""
-        return probes.wait_until_idle(self.metrics_url, timeout_s, alive=self.alive)
+    def begin_drain(self) -> None:
+        """Report not-ready on the HTTP front from now on (load balancers stop sending)."""
+        if self._front is not None:
+            self._front.drain()
 
-    def stop(self, timeout_s: float | None = None, drain_s: float | None = None) -> int | None:
-        """Drain in-flight requests (at most `drain_s`, default the exit timeout), SIGTERM the process
-        group, wait `timeout_s` for Triton's own exit, then SIGKILL. Returns the exit code."""
+    def drain(self, timeout_s: float) -> bool:
+        """Not ready at once; refuse new requests (UNAVAILABLE) once those queued before have started; wait
+        until accepted work has finished. At most `timeout_s`, while the process lives; returns whether it did."""
+        deadline = time.monotonic() + timeout_s
+        self.begin_drain()
+        self._refuse_new_requests(deadline)
+        return probes.wait_until_idle(self.metrics_url, max(0.0, deadline - time.monotonic()), alive=self.alive,
+                                      unqueued_models=(ENTRY_MODEL,))
+
+    def _refuse_new_requests(self, deadline: float) -> None:
+        """Create the drain file once the entry model has completed the requests it held when asked."""
+        progress = probes.queue_progress(self.metrics_url, ENTRY_MODEL)
+        if progress is not None:
+            target = sum(progress)
+            while time.monotonic() < deadline and self.alive():
+                progress = probes.queue_progress(self.metrics_url, ENTRY_MODEL)
+                if progress is None or progress[0] >= target:
+                    break
+                time.sleep(0.02)
+        self.drain_file.touch()
+
+    def stop(self, drain_s: float | None = None) -> int | None:
+        """Drain (not ready at once, new requests refused, accepted ones finish within `drain_s`, default the
+        exit timeout), then end tritonserver with SIGKILL and remove its shared memory. Returns the exit code.
+
+        Why not Triton's own SIGTERM handling after the drain: there is no accepted work left for it to
+        finish, and it spends seconds unloading models while answering new requests with NOT_FOUND (1 to 3 s
+        measured on the tiny test models; longer for large ones) and finally cancelling them.
+        """
         if self.process is None:
             return None
         if self.alive():
-            wait = timeout_s if timeout_s is not None else self.options.exit_timeout_s + 10
             drain_s = self.options.exit_timeout_s if drain_s is None else drain_s
+            self.begin_drain()
             if drain_s > 0 and self.is_ready() and not self.drain(drain_s):
                 log.warning("could not confirm that in-flight requests finished within %.0f s; stopping", drain_s)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(wait)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        self.kill()
+        self.drain_file.unlink(missing_ok=True)
         shutil.rmtree(self._workdir / "backends", ignore_errors=True)
         return self.process.returncode
 
     def kill(self) -> None:
-        """SIGKILL the whole process group (server and backend stubs), as a crash would."""
+        """SIGKILL the whole process group (server and backend stubs), then remove what a crash leaves behind:
+        the Python backend's shared memory, and our HTTP front's port."""
         if self.alive():
+            shared_memory = procfs.python_backend_shared_memory(self.process.pid)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+            for path in shared_memory:
+                path.unlink(missing_ok=True)
+        self._stop_front()
+
+    def _stop_front(self) -> None:
+        if self._front is not None:
+            self._front.stop()
+            self._front = None
 
     def log_tail(self, lines: int = 15) -> str:
         """The log's error lines (model load failures come early), then its last lines."""

@@ -12,6 +12,7 @@ from pathlib import Path
 
 PROC = Path("/proc")
 STUB_BINARY = "triton_python_backend_stub"
+SHM_PREFIX = "/dev/shm/triton_python_backend_shm_region_"
 
 
 def _stat_fields(pid: int | str) -> list[str]:
@@ -67,6 +68,58 @@ def rss_bytes(pid: int) -> int:
 def tree_rss_bytes(pid: int) -> int:
     """Resident memory of a process and its direct children (tritonserver and its backend stubs)."""
     return sum(rss_bytes(p) for p in [pid, *child_processes(pid)])
+
+
+def python_backend_shared_memory(server_pid: int) -> set[Path]:
+    """The Python backend's shared-memory files that a server and its stubs have mapped.
+
+    Triton removes them when it exits by itself; after a SIGKILL they stay in /dev/shm (tens of MB each)
+    unless whoever killed it removes them.
+    """
+    files: set[Path] = set()
+    for pid in (server_pid, *backend_stubs(server_pid)):
+        try:
+            maps = (PROC / str(pid) / "maps").read_text()
+        except OSError:
+            continue
+        files.update(Path(line.split(None, 5)[5]) for line in maps.splitlines()
+                     if len(line.split(None, 5)) == 6 and SHM_PREFIX in line)
+    return files
+
+
+def orphaned_python_backend_shared_memory(min_age_s: float = 60.0) -> list[Path]:
+    """Python-backend shared-memory files of this user that no process maps any more, older than `min_age_s`.
+
+    What a tritonserver killed without its supervisor's help (the supervisor itself was SIGKILLed) leaves
+    in /dev/shm. Only our own user's files, and only if no process we can see maps them: another user's
+    server, whose memory maps we cannot read, is never touched; the age keeps us off regions being created.
+    """
+    directory = Path("/dev/shm")
+    prefix = Path(SHM_PREFIX).name
+    try:
+        candidates = [path for path in directory.iterdir() if path.name.startswith(prefix)]
+    except OSError:
+        return []
+    now, uid = time.time(), os.getuid()
+    candidates = [path for path in candidates if _owned_and_old(path, uid, now - min_age_s)]
+    if not candidates:
+        return []
+    mapped: set[str] = set()
+    for pid in _pids():
+        try:
+            mapped.update(line.split(None, 5)[5] for line in (PROC / pid / "maps").read_text().splitlines()
+                          if SHM_PREFIX in line and len(line.split(None, 5)) == 6)
+        except OSError:
+            continue
+    return [path for path in candidates if str(path) not in mapped]
+
+
+def _owned_and_old(path: Path, uid: int, before: float) -> bool:
+    try:
+        status = path.stat()
+    except OSError:
+        return False
+    return status.st_uid == uid and status.st_mtime < before
 
 
 def process_group_cpu_s(pgid: int) -> float:

@@ -3,10 +3,11 @@
 Why supervise instead of handing over to tritonserver: Triton 2.51's own SIGTERM handling stops every
 model's queue at once, so an ensemble request between its two steps is refused ("Server is stopping");
 and it neither restarts a Python-backend stub that dies nor reports the model unready, so it would
-answer every request with INTERNAL errors for ever. So on SIGTERM/SIGINT we drain first (wait until
-nothing is queued or executing, at most the exit timeout) and only then stop Triton, and we exit 1 when
-a stub dies, when Triton dies, or when it stays unready too long, so that a supervisor above us
-(systemd, Docker's restart policy, the kubelet) restarts the whole thing.
+answer every request with INTERNAL errors for ever. So on SIGTERM/SIGINT we drain first (report
+not-ready, refuse new requests with UNAVAILABLE, let accepted work finish, at most the exit timeout) and
+only then stop Triton, and we exit 1 when a stub dies, when Triton dies, or when it stays unready too
+long, so that a supervisor above us (systemd, Docker's restart policy, the kubelet) restarts the whole
+thing. If this process itself dies, tritonserver gets SIGKILL (see process.py for why not SIGTERM).
 """
 from __future__ import annotations
 
@@ -73,7 +74,8 @@ def supervise(server: TritonServer, say: Callable[[str], None], complain: Callab
                 server.stop(drain_s=0)
                 return EXIT_FAILED
         time.sleep(POLL_S)
-    say("stopping: draining in-flight requests")
-    code = server.stop()
-    say(f"stopped (tritonserver exit code {code})")
+    say("stopping: not ready from now on; refusing new requests (retryable) while accepted ones finish")
+    started = time.monotonic()
+    server.stop()
+    say(f"stopped after {time.monotonic() - started:.1f} s")
     return EXIT_STOPPED

@@ -17,7 +17,7 @@ from PIL import Image
 from torch.utils.dlpack import to_dlpack
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from clip_batching import gather_images, respond  # noqa: E402  (shipped beside this file)
+from clip_batching import draining, gather_images, refuse_while_draining, respond  # noqa: E402  (shipped beside this file)
 from clip_contract import PIXELS_TENSOR  # noqa: E402  (likewise)
 from clip_executing_gauge import ExecutingGauge  # noqa: E402  (likewise)
 from clip_gpu_transform import BatchPreprocessor  # noqa: E402  (likewise)
@@ -48,6 +48,8 @@ class TritonPythonModel:
         self.executing = ExecutingGauge(args)  # read by `clip-triton serve` to drain before stopping
 
     def execute(self, requests):
+        if draining():  # the entry of every new encode: refuse it (retryable) so that the drain can finish
+            return refuse_while_draining(requests)
         with self.executing.tracking(requests):
             return self._execute(requests)
 

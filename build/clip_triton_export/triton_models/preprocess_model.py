@@ -15,7 +15,7 @@ import triton_python_backend_utils as pb_utils
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from clip_batching import gather_images, respond  # noqa: E402  (shipped beside this file)
+from clip_batching import draining, gather_images, refuse_while_draining, respond  # noqa: E402  (shipped beside this file)
 from clip_contract import PIXELS_TENSOR  # noqa: E402  (likewise)
 from clip_executing_gauge import ExecutingGauge  # noqa: E402  (likewise)
 from clip_transform import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, preprocess_batch  # noqa: E402  (likewise)
@@ -37,6 +37,8 @@ class TritonPythonModel:
         self.executing = ExecutingGauge(args)  # read by `clip-triton serve` to drain before stopping
 
     def execute(self, requests):
+        if draining():  # the entry of every new encode: refuse it (retryable) so that the drain can finish
+            return refuse_while_draining(requests)
         with self.executing.tracking(requests):
             return self._execute(requests)
 
