@@ -56,6 +56,16 @@ def test_encode_a_folder_tree(vit_server, photo_tree: Path, tmp_path: Path) -> N
     assert "7/7" in result.stderr  # the progress bar
 
 
+def test_encode_through_a_dns_target_with_round_robin(vit_server, photo_tree: Path, tmp_path: Path) -> None:
+    output = tmp_path / "features.npz"
+    port = vit_server.grpc_url.rsplit(":", 1)[1]
+    result = encode_cli("--url", f"dns:///127.0.0.1:{port}", "--load-balancing", "round_robin",
+                        "--output", str(output), "--quiet", str(photo_tree))
+    assert result.returncode == 0, result.stderr
+    data = saved(output)
+    assert_features_match(data["features"], golden_rows([Path(p).name for p in data["paths"]]))
+
+
 def test_failures_are_recorded_with_reasons_and_exit_nonzero(vit_server, photo_tree: Path, tmp_path: Path) -> None:
     (photo_tree / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff" + b"\x00" * 50)
     (photo_tree / "b" / "empty.png").write_bytes(b"")

@@ -24,7 +24,10 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", type=Path, help="image files or folders (searched recursively)")
     parser.add_argument("--url", action="append", dest="urls", metavar="HOST:PORT",
-                        help="gRPC server (repeat for several: requests spread and fail over); default 127.0.0.1:8001")
+                        help="gRPC server (repeat for several: requests spread and fail over); default 127.0.0.1:8001; "
+                             "also a gRPC target such as dns:///NAME:PORT")
+    parser.add_argument("--load-balancing", choices=("pick_first", "round_robin"),
+                        help="gRPC balancing over every address a --url resolves to (round_robin for a headless Service)")
     parser.add_argument("--output", type=Path, default=Path("features.npz"), help="the .npz to write")
     parser.add_argument("--batch-size", type=int, help="images per request (default: the server's max_batch_size)")
     parser.add_argument("--concurrency", type=int, help="requests in flight (default 4)")
@@ -68,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
     client = ClipClient(args.urls or "127.0.0.1:8001", root_certificates=args.tls_ca, ssl=args.tls_ca is not None,
                         certificate_chain=args.tls_cert, private_key=args.tls_key, headers=_headers(args.header),
-                        retry_deadline=args.retry_deadline)
+                        retry_deadline=args.retry_deadline, load_balancing=args.load_balancing)
     new_rows, new_failures, status = 0, {}, EXIT_OK
     with client:
         dim = client.embedding_dim if todo else 0
