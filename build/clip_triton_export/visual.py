@@ -58,14 +58,21 @@ class SelfAttention(nn.Module):
         return _attention(x, x, self.in_proj_weight, self.in_proj_bias, self.out_proj, self.heads)
 
 
+def activation_module(name: str) -> nn.Module:
+    """The MLP's activation: OpenAI's QuickGELU, or exact GELU (LAION's open_clip models, most HF configs)."""
+    return QuickGELU() if name == "quick_gelu" else nn.GELU()
+
+
 class ResidualAttentionBlock(nn.Module):
-    def __init__(self, width: int, heads: int):
+    def __init__(self, width: int, heads: int, mlp_width: int = 0, activation: str = "quick_gelu",
+                 eps: float = 1e-5):
         super().__init__()
+        mlp_width = mlp_width or 4 * width
         self.attn = SelfAttention(width, heads)
-        self.ln_1 = nn.LayerNorm(width)
+        self.ln_1 = nn.LayerNorm(width, eps=eps)
         self.mlp = nn.Sequential(OrderedDict(
-            c_fc=nn.Linear(width, width * 4), gelu=QuickGELU(), c_proj=nn.Linear(width * 4, width)))
-        self.ln_2 = nn.LayerNorm(width)
+            c_fc=nn.Linear(width, mlp_width), gelu=activation_module(activation), c_proj=nn.Linear(mlp_width, width)))
+        self.ln_2 = nn.LayerNorm(width, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x))
@@ -73,9 +80,11 @@ class ResidualAttentionBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, width: int, layers: int, heads: int):
+    def __init__(self, width: int, layers: int, heads: int, mlp_width: int = 0, activation: str = "quick_gelu",
+                 eps: float = 1e-5):
         super().__init__()
-        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads) for _ in range(layers)])
+        self.resblocks = nn.Sequential(
+            *[ResidualAttentionBlock(width, heads, mlp_width, activation, eps) for _ in range(layers)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.resblocks(x)
@@ -88,9 +97,10 @@ class VisionTransformer(nn.Module):
         self.conv1 = nn.Conv2d(3, width, kernel_size=spec.patch_size, stride=spec.patch_size, bias=False)
         self.class_embedding = nn.Parameter(torch.empty(width))
         self.positional_embedding = nn.Parameter(torch.empty(grid * grid + 1, width))
-        self.ln_pre = nn.LayerNorm(width)
-        self.transformer = Transformer(width, spec.layers, spec.heads)
-        self.ln_post = nn.LayerNorm(width)
+        self.ln_pre = nn.LayerNorm(width, eps=spec.layer_norm_eps)
+        self.transformer = Transformer(width, spec.layers, spec.heads, spec.mlp_width, spec.activation,
+                                       spec.layer_norm_eps)
+        self.ln_post = nn.LayerNorm(width, eps=spec.layer_norm_eps)
         self.proj = nn.Parameter(torch.empty(width, spec.embed_dim))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
