@@ -23,8 +23,9 @@ def gpu_transform(tmp_path_factory: pytest.TempPathFactory):
 
 
 def preprocessor(gpu_transform, dtype=torch.float32, **options):
-    return gpu_transform.BatchPreprocessor(224, torch.device("cpu"), dtype, transform.CLIP_MEAN, transform.CLIP_STD,
-                                           **options)
+    settings = options.get("preprocessing")
+    mean, std = (settings.mean, settings.std) if settings else (transform.CLIP_MEAN, transform.CLIP_STD)
+    return gpu_transform.BatchPreprocessor(224, torch.device("cpu"), dtype, mean, std, **options)
 
 
 def test_only_jpegs_nvjpeg_decodes_like_libjpeg_take_the_gpu_path(gpu_transform) -> None:
@@ -126,3 +127,20 @@ def test_fp16_output_is_the_fp32_pixels_cast_and_exact_mode_is_exact(gpu_transfo
 def test_an_empty_or_all_bad_batch_gives_no_pixels(gpu_transform) -> None:
     pixels, errors = preprocessor(gpu_transform, torch.float16)([b"", b"nope"])
     assert pixels.shape == (0, 3, 224, 224) and pixels.dtype == torch.float16 and set(errors) == {0, 1}
+
+
+def test_a_checkpoints_own_preprocessing_is_followed_on_the_gpu_path(gpu_transform) -> None:
+    """Hugging Face-style settings (mean = std = 0.5, resize 256 then crop 224, floor offsets): the GPU path's
+    JPEGs are within a level of the exact transform with the same settings; a bilinear checkpoint's JPEGs all
+    take the exact path (the GPU resize is Pillow's bicubic only)."""
+    half = (0.5, 0.5, 0.5)
+    settings = gpu_transform.Preprocessing(half, half, "bicubic", 256, "floor", "before_resize")
+    photos = list(jpeg_photos().values())
+    pixels, errors = preprocessor(gpu_transform, preprocessing=settings)(photos)
+    expected, _ = gpu_transform.preprocess_batch(photos, 224, preprocessing=settings)
+    assert not errors and pixels.shape == expected.shape
+    assert np.abs(pixels.numpy() - expected).max() <= 2 / 255 / 0.5 + 1e-6
+    bilinear = gpu_transform.Preprocessing(half, half, "bilinear")
+    exact, _ = preprocessor(gpu_transform, preprocessing=bilinear)(photos)
+    expected, _ = gpu_transform.preprocess_batch(photos, 224, preprocessing=bilinear)
+    assert np.array_equal(exact.numpy(), expected)

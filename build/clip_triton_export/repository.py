@@ -101,6 +101,9 @@ class RepositoryOptions:
     visual_queue_delay_us: int | None = None
     preferred_batch_sizes: tuple[int, ...] | None = None
     weights: str | None = None  # provenance of the weights, recorded in clip_visual's parameters
+    # The checkpoint's preprocessing (mean/std, filter, sizes): clip_preprocess applies it, and clip_visual's
+    # parameters repeat it for clients that preprocess themselves (encode_pixels, preprocess="client").
+    preprocessing: transform.Preprocessing = transform.OPENAI_PREPROCESSING
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -168,6 +171,7 @@ def model_configs(spec: VisualSpec, options: RepositoryOptions) -> dict[str, pb.
     preprocess.parameters["decode_threads"].string_value = str(options.preprocess_threads)
     if options.on_gpu:
         preprocess.parameters["gpu_decode"].string_value = str(options.gpu_decode).lower()
+    _preprocessing_parameters(preprocess, options)
     _queue_policy(preprocess, options)
 
     visual = pb.ModelConfig(name=contract.VISUAL_MODEL, max_batch_size=composing)
@@ -207,6 +211,7 @@ def model_configs(spec: VisualSpec, options: RepositoryOptions) -> dict[str, pb.
     _queue_policy(visual, options)
     if options.weights:
         visual.parameters["weights"].string_value = options.weights
+    _preprocessing_parameters(visual, options)
 
     ensemble = pb.ModelConfig(name=contract.ENSEMBLE_MODEL, platform="ensemble",
                               max_batch_size=options.max_batch_size)
@@ -229,6 +234,11 @@ def cpu_runtime(spec: VisualSpec, options: RepositoryOptions) -> str:
     if options.fmt == "torchscript":
         return "torchscript"
     return _CPU_ONNX_RUNTIMES[spec.family]
+
+
+def _preprocessing_parameters(config: pb.ModelConfig, options: RepositoryOptions) -> None:
+    for key, value in options.preprocessing.parameters().items():
+        config.parameters[key].string_value = value
 
 
 def _queue_policy(config: pb.ModelConfig, options: RepositoryOptions) -> None:

@@ -171,7 +171,7 @@ class AsyncClipClient(ClientBase):
                             slots: asyncio.Semaphore) -> EncodeResult:
         async with slots:
             size = info.input_resolution if options.preprocess == "client" else None
-            loaded = await asyncio.to_thread(load_chunk, chunk, size)
+            loaded = await asyncio.to_thread(load_chunk, chunk, size, preprocessing=info.preprocessing)
             return await self._run(self.core.encode_loaded(loaded, options))
 
     async def encode_pixels(self, pixels: np.ndarray, *, normalize: bool = False, batch_size: int | None = None,

@@ -174,7 +174,8 @@ class ClipClient(ClientBase):
 
     def _encode_chunk(self, chunk, options: EncodeOptions, info: ModelInfo, stop: threading.Event) -> EncodeResult:
         size = info.input_resolution if options.preprocess == "client" else None
-        return self._run(self.core.encode_loaded(load_chunk(chunk, size), options), stop)
+        loaded = load_chunk(chunk, size, preprocessing=info.preprocessing)
+        return self._run(self.core.encode_loaded(loaded, options), stop)
 
     def encode_pixels(self, pixels: np.ndarray, *, normalize: bool = False, batch_size: int | None = None,
                       concurrency: int | None = None, timeout: float | None = None) -> np.ndarray:

@@ -28,7 +28,7 @@ from .errors import InvalidInputError, RequestFailedError
 from .inputs import UnreadableInput, describe, path_of, to_bytes
 from .results import EncodeResult, ImageFailure, assemble_chunk, l2_normalize
 from .retry import RetryPolicy, final_error, status_name, with_deadline
-from .transform import DEFAULT_MAX_IMAGE_PIXELS, preprocess_batch
+from .transform import DEFAULT_MAX_IMAGE_PIXELS, OPENAI_PREPROCESSING, Preprocessing, preprocess_batch
 
 log = logging.getLogger("clip_triton.client")
 T = TypeVar("T")
@@ -65,6 +65,9 @@ class ModelInfo:
     max_batch_size: int  # of the ensemble: images per request
     visual_max_batch_size: int  # of clip_visual: pixel tensors per request
     pixels_datatype: str = "FP32"  # clip_visual's PIXEL_VALUES type: FP16 on the fp16 GPU target
+    # How clip_visual wants its pixels made (the checkpoint's mean/std, filter, sizes; OpenAI's by default):
+    # preprocess="client" uses it, so local pixels equal the server's.
+    preprocessing: Preprocessing = OPENAI_PREPROCESSING
 
 
 @dataclass
@@ -132,7 +135,8 @@ def plan_chunks(images: Iterable, batch_size: int) -> Iterator[Chunk]:
 
 
 def load_chunk(chunk: Chunk, client_preprocess_size: int | None = None,
-               max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> LoadedChunk:
+               max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+               preprocessing: Preprocessing = OPENAI_PREPROCESSING) -> LoadedChunk:
     """Read/encode each input (and, for preprocess="client", transform it). Blocking: run off the event loop."""
     payload: dict[int, Any] = {}
     failures: dict[int, ImageFailure] = {}
@@ -147,7 +151,8 @@ def load_chunk(chunk: Chunk, client_preprocess_size: int | None = None,
             failures[index] = ImageFailure(index, labels[index], str(error), paths[index])
     if client_preprocess_size is not None and payload:
         order = sorted(payload)
-        pixels, errors = preprocess_batch([payload[i] for i in order], client_preprocess_size, max_pixels)
+        pixels, errors = preprocess_batch([payload[i] for i in order], client_preprocess_size, max_pixels,
+                                          preprocessing=preprocessing)
         good = [i for position, i in enumerate(order) if position not in errors]
         for position, reason in errors.items():
             index = order[position]
@@ -166,6 +171,15 @@ def _tensor(config: dict, section: str, name: str) -> dict:
         if tensor["name"] == name:
             return tensor
     raise RequestFailedError(f"model {config.get('name')!r} has no {section} tensor {name!r}; is this a clip-triton server?")
+
+
+def _preprocessing(visual_config: dict) -> Preprocessing:
+    """clip_visual's preprocessing parameters (absent on servers exported before they existed: OpenAI's)."""
+    parameters = {k: v.get("string_value", "") for k, v in visual_config.get("parameters", {}).items()}
+    try:
+        return Preprocessing.from_parameters(parameters)
+    except ValueError as error:
+        raise RequestFailedError(f"{contract.VISUAL_MODEL}'s preprocessing parameters are unusable: {error}") from None
 
 
 class ClientCore:
@@ -227,6 +241,7 @@ class ClientCore:
             max_batch_size=int(ensemble.get("max_batch_size", 0)) or 1,
             visual_max_batch_size=int(visual.get("max_batch_size", 0)) or 1,
             pixels_datatype=pixels.get("data_type", "TYPE_FP32").removeprefix("TYPE_"),
+            preprocessing=_preprocessing(visual),
         )
         return self.info
 

@@ -21,7 +21,7 @@ from clip_batching import draining, gather_images, refuse_while_draining, respon
 from clip_contract import PIXELS_TENSOR  # noqa: E402  (likewise)
 from clip_executing_gauge import ExecutingGauge  # noqa: E402  (likewise)
 from clip_gpu_transform import BatchPreprocessor  # noqa: E402  (likewise)
-from clip_transform import CLIP_MEAN, CLIP_STD, DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS  # noqa: E402
+from clip_transform import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, Preprocessing  # noqa: E402
 
 _DTYPES = {"TYPE_FP16": torch.float16, "TYPE_FP32": torch.float32}
 
@@ -39,9 +39,10 @@ class TritonPythonModel:
         Image.MAX_IMAGE_PIXELS = None  # our own limit (checked before decoding) governs in this process
         threads = int(parameters.get("decode_threads", "1")) or len(os.sched_getaffinity(0))
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="clip-decode")
+        preprocessing = Preprocessing.from_parameters(parameters)  # the checkpoint's (OpenAI's if none named)
         self.preprocess = BatchPreprocessor(
-            int(pixels["dims"][-1]), device, _DTYPES[pixels["data_type"]], CLIP_MEAN, CLIP_STD,
-            gpu_decode=parameters.get("gpu_decode", "true") == "true",
+            int(pixels["dims"][-1]), device, _DTYPES[pixels["data_type"]], preprocessing.mean, preprocessing.std,
+            preprocessing=preprocessing, gpu_decode=parameters.get("gpu_decode", "true") == "true",
             max_pixels=int(parameters.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)),
             max_bytes=int(parameters.get("max_image_bytes", DEFAULT_MAX_IMAGE_BYTES)),
             fast_jpeg=parameters.get("fast_jpeg_decode", "false") == "true", map_images=self.pool.map)

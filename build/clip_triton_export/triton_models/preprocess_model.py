@@ -1,4 +1,5 @@
-"""clip_preprocess: encoded image bytes -> CLIP pixels, exactly OpenAI's `clip.load` transform.
+"""clip_preprocess: encoded image bytes -> CLIP pixels, exactly OpenAI's `clip.load` transform (with the
+checkpoint's own mean/std, filter and sizes where its config's parameters name them).
 
 Runs in Triton's Python backend. One `execute` call receives every request the dynamic batcher
 gathered; their images are decoded on `decode_threads` threads (0: one per core this process may
@@ -18,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from clip_batching import draining, gather_images, refuse_while_draining, respond  # noqa: E402  (shipped beside this file)
 from clip_contract import PIXELS_TENSOR  # noqa: E402  (likewise)
 from clip_executing_gauge import ExecutingGauge  # noqa: E402  (likewise)
-from clip_transform import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, preprocess_batch  # noqa: E402  (likewise)
+from clip_transform import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, Preprocessing, preprocess_batch  # noqa: E402
 
 
 class TritonPythonModel:
@@ -30,6 +31,8 @@ class TritonPythonModel:
         self.max_pixels = int(parameters.get("max_image_pixels", {}).get("string_value", DEFAULT_MAX_IMAGE_PIXELS))
         self.max_bytes = int(parameters.get("max_image_bytes", {}).get("string_value", DEFAULT_MAX_IMAGE_BYTES))
         self.fast_jpeg = parameters.get("fast_jpeg_decode", {}).get("string_value", "false") == "true"
+        # The checkpoint's own mean/std, filter and sizes (OpenAI's where the config names none).
+        self.preprocessing = Preprocessing.from_parameters({k: v["string_value"] for k, v in parameters.items()})
         Image.MAX_IMAGE_PIXELS = None  # our own limit (checked before decoding) governs in this process
         threads = int(parameters.get("decode_threads", {}).get("string_value", "1")) or len(os.sched_getaffinity(0))
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="clip-decode") if threads > 1 else None
@@ -45,7 +48,7 @@ class TritonPythonModel:
     def _execute(self, requests):
         images, counts = gather_images(requests)
         pixels, errors = preprocess_batch(images, self.size, self.max_pixels, self.max_bytes, self.fast_jpeg,
-                                          self.map_images)
+                                          self.map_images, self.preprocessing)
         return respond(counts, errors, lambda start, stop: pb_utils.Tensor(PIXELS_TENSOR, pixels[start:stop]))
 
     def finalize(self):
