@@ -41,7 +41,7 @@ def openai_state_dict(checkpoint: str) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("checkpoint", sorted(GOLDEN_FILES))
 def test_openai_state_dict_gives_openai_features(checkpoint: str) -> None:
     loaded = load_checkpoint(GOLDEN_FILES[checkpoint])
-    assert not loaded.random_weights and loaded.source == f"checkpoint:{GOLDEN_FILES[checkpoint].name}"
+    assert not loaded.random_weights and loaded.source == f"openai:{GOLDEN_FILES[checkpoint].name}"
     assert_features_match(encode_golden(loaded.model), expected_golden(checkpoint))
 
 

@@ -32,7 +32,7 @@ def test_async_encode_gives_openais_features_and_metadata(vit_server) -> None:
     features, dim, resolution, max_batch_size, parameters = run(scenario())
     assert (dim, resolution, max_batch_size) == (32, 224, 64)
     with ClipClient(vit_server.grpc_url) as client:
-        assert parameters == client.model_parameters() and parameters["weights"].startswith("checkpoint:")
+        assert parameters == client.model_parameters() and parameters["weights"].startswith("openai:")
     assert_features_match(features, golden_rows(IMAGE_NAMES))
 
 

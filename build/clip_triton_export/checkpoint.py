@@ -8,7 +8,14 @@ Formats read:
   weights-only unpickler, so a pickle cannot run code.
 - A `.safetensors` file with the same keys.
 - The full CLIP model's keys (`visual.*` plus the text tower, ignored) or the visual tower's alone.
+- A Hugging Face CLIP folder, or its weights file with `config.json` beside it (hf_checkpoint.py).
+- An open_clip state dict with its model config: `open_clip_config.json` beside it (or an open_clip hub
+  folder), or one named with `open_clip_config=` (open_clip_checkpoint.py).
 Weights are used as float32, like `clip.load` does on CPU.
+
+A state dict with OpenAI's key names and no open_clip config is read as OpenAI's: QuickGELU, OpenAI's
+preprocessing. Its tensors cannot say otherwise, so the open_clip widths OpenAI never published
+(ViT-H/14, ViT-g/14, ViT-bigG/14: LAION models, exact GELU) are refused without their config.
 """
 from __future__ import annotations
 
@@ -21,7 +28,10 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from .architectures import CheckpointError, VisualSpec, infer_architecture
+from clip_triton.transform import OPENAI_PREPROCESSING, Preprocessing
+
+from . import hf_checkpoint, open_clip_checkpoint
+from .architectures import OPEN_CLIP_HEADS, CheckpointError, VisualSpec, infer_architecture
 from .visual import build_visual
 
 _WRAPPER_KEYS = ("state_dict", "model", "module")
@@ -33,31 +43,88 @@ class LoadedVisual:
 
     model: nn.Module
     spec: VisualSpec
-    source: str  # "checkpoint:<file name>" or "random-init:<arch>:seed=<n>"
+    # the source format and file: "openai:<file>", "huggingface:<folder>", "open_clip:<file>",
+    # or "random-init:<arch>:seed=<n>"
+    source: str
     random_weights: bool
+    preprocessing: Preprocessing = OPENAI_PREPROCESSING  # how the checkpoint wants its pixels made
 
 
-def load_checkpoint(path: str | os.PathLike) -> LoadedVisual:
-    """Read a checkpoint file and return its visual encoder in eval mode, float32, on CPU."""
+def load_checkpoint(path: str | os.PathLike, open_clip_config: str | os.PathLike | None = None) -> LoadedVisual:
+    """Read a checkpoint (file or folder) and return its visual encoder in eval mode, float32, on CPU."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: checkpoint file is empty")
+    config = Path(open_clip_config) if open_clip_config is not None else None
+    if config is not None and not config.is_file():
+        raise CheckpointError(f"{config}: open_clip config file not found")
+    if path.is_dir():
+        if (path / open_clip_checkpoint.CONFIG).is_file() or config is not None:
+            return _load_open_clip(open_clip_checkpoint.weights_file(path), config or path / open_clip_checkpoint.CONFIG)
+        if (path / hf_checkpoint.CONFIG).is_file():
+            return _load_hf(path, path)
+        raise CheckpointError(f"{path}: folder holds neither a Hugging Face {hf_checkpoint.CONFIG} nor an "
+                              f"{open_clip_checkpoint.CONFIG}")
+    _check_file(path)
+    if path.name.endswith(".index.json"):
+        return _load_hf(path.parent, path)
     state = _read_state_dict(path)
+    if hf_checkpoint.is_hf_state(state):
+        return _load_hf(path.parent, path, state)
+    beside = path.parent / open_clip_checkpoint.CONFIG
+    if config is not None or beside.is_file():
+        return _load_open_clip(path, config or beside, state)
     visual = _visual_state(state, path)
+    open_clip_checkpoint.check_supported_keys(visual, path)
     try:
         spec = infer_architecture(visual)
     except CheckpointError as error:
         raise CheckpointError(f"{path}: {error}") from None
     except (KeyError, IndexError, AttributeError) as error:
         raise CheckpointError(f"{path}: incomplete CLIP visual weights (missing {error})") from None
+    if spec.family == "VisionTransformer" and spec.width in OPEN_CLIP_HEADS:
+        raise CheckpointError(f"{path}: a width-{spec.width} ViT is an open_clip model (OpenAI published none): its "
+                              f"activation is not in the tensors; give its config (open_clip_config.json beside it, "
+                              f"or --open-clip-config)")
+    return LoadedVisual(_build(spec, visual, path), spec, f"openai:{path.name}", random_weights=False)
+
+
+def _check_file(path: Path) -> None:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: checkpoint file is empty")
+
+
+def _build(spec: VisualSpec, visual: Mapping[str, torch.Tensor], path: Path) -> nn.Module:
     model = build_visual(spec)
     try:
         model.load_state_dict({k: v.float() for k, v in visual.items()}, strict=True)
     except RuntimeError as error:
-        raise CheckpointError(f"{path}: weights do not fit the inferred {spec}: {error}") from None
-    return LoadedVisual(model.eval(), spec, f"checkpoint:{path.name}", random_weights=False)
+        reason = " ".join(str(error).split())
+        raise CheckpointError(f"{path}: weights do not fit the inferred {spec}: {reason}") from None
+    return model.eval()
+
+
+def _load_hf(folder: Path, label: Path, state: Mapping[str, torch.Tensor] | None = None) -> LoadedVisual:
+    """A Hugging Face checkpoint: `folder` holds config.json; `label` is what the operator named."""
+    if state is None:
+        weights = hf_checkpoint.weights_file(folder) if label.is_dir() else label
+        if not weights.name.endswith(".index.json"):
+            _check_file(weights)
+        state = hf_checkpoint.read_weights(weights, _read_state_dict)
+    spec, visual, preprocessing = hf_checkpoint.load_hf(folder, label, state)
+    return LoadedVisual(_build(spec, visual, label), spec, f"huggingface:{folder.resolve().name}",
+                        random_weights=False, preprocessing=preprocessing)
+
+
+def _load_open_clip(path: Path, config: Path, state: Mapping[str, torch.Tensor] | None = None) -> LoadedVisual:
+    if state is None:
+        _check_file(path)
+        state = _read_state_dict(path)
+    visual = _visual_state(state, path)
+    open_clip_checkpoint.check_supported_keys(visual, path)
+    spec, preprocessing = open_clip_checkpoint.open_clip_spec(visual, config, path)
+    return LoadedVisual(_build(spec, visual, path), spec, f"open_clip:{path.name}", random_weights=False,
+                        preprocessing=preprocessing)
 
 
 def random_visual(spec: VisualSpec, name: str, seed: int = 0) -> LoadedVisual:

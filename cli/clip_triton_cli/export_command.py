@@ -9,8 +9,15 @@ from clip_triton import contract
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", type=Path, help="OpenAI .pt (TorchScript or state dict), or .safetensors")
+    source.add_argument("--checkpoint", type=Path,
+                        help="OpenAI .pt (TorchScript or state dict) or .safetensors; a Hugging Face CLIP folder (or its "
+                             "weights file beside config.json); an open_clip state dict with open_clip_config.json "
+                             "beside it (or --open-clip-config)")
     source.add_argument("--random-init", metavar="ARCH", help="seeded random weights of an OpenAI architecture")
+    parser.add_argument("--open-clip-config", type=Path,
+                        help="open_clip model config of --checkpoint (open_clip_config.json or open_clip's "
+                             "model_configs/<name>.json): its activation, heads and preprocessing; without one, a "
+                             "state dict is read as OpenAI's (QuickGELU, OpenAI's preprocessing)")
     parser.add_argument("--repository", type=Path, required=True, help="model repository directory to write")
     parser.add_argument("--format", dest="fmt", choices=("onnx", "torchscript"),
                         help="the visual model's file (default: onnx for --target cpu, torchscript for gpu)")
@@ -52,5 +59,6 @@ def run(args: argparse.Namespace) -> int:
                                 max_batch_size=args.max_batch_size, fast_jpeg_decode=args.fast_jpeg_decode)
     print(export_repository(args.repository, options, checkpoint=args.checkpoint, random_init=args.random_init,
                             seed=args.seed, configs_only=args.configs_only,
-                            calibration_images=args.calibration_images, min_cosine=args.min_cosine))
+                            calibration_images=args.calibration_images, min_cosine=args.min_cosine,
+                            open_clip_config=args.open_clip_config))
     return 0
