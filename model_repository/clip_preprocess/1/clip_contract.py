@@ -25,6 +25,15 @@ CONFIG_DATATYPES = {"BYTES": "TYPE_STRING", "FP32": "TYPE_FP32", "FP16": "TYPE_F
 
 MAX_BATCH_SIZE = 64
 
+# -- draining ------------------------------------------------------------------------------------------------
+# The supervisor (`clip-triton serve`, the container) names a file in this variable of tritonserver's
+# environment and creates it when a drain starts; from then on the entry models answer new requests with
+# UNAVAILABLE and this message (retryable: a client retries elsewhere or later), while work already accepted
+# finishes. clip_triton_serve spells the variable name itself (the container copies only that package); a
+# test keeps the two equal.
+DRAIN_FILE_ENVIRONMENT = "CLIP_TRITON_DRAIN_FILE"
+DRAINING_MESSAGE = "server is draining before it stops; retry (another replica, or this address once it is back)"
+
 # -- the per-image error message --------------------------------------------------------------------------
 # A refused request names each bad element: "IMAGE[1]: empty input (0 bytes); IMAGE[3]: not a recognised
 # image format (starts with b'hello')". Elements are joined by "; "; a ";" inside a reason is doubled, so a

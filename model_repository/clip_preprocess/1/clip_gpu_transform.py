@@ -10,7 +10,8 @@ Which image goes where:
   which an Adobe marker or the component ids R, G, B say) is decoded by nvJPEG on the GPU, batched (its
   hardware decoder where the GPU has one), then resized, cropped and normalized on the GPU.
 - Everything else (PNG, GIF, WebP, CMYK, JPEGs the GPU refuses or that look truncated), and every image
-  when GPU decoding is off, goes through the exact CPU path on a thread pool, then to the GPU.
+  when GPU decoding is off or the checkpoint resizes with another filter than bicubic (the GPU resize is
+  Pillow's bicubic only), goes through the exact CPU path on a thread pool, then to the GPU.
 - Every refusal (size limits, undecodable data) names its element, with the CPU path's own reasons.
 
 The GPU resize follows Pillow's: Pillow resizes with an antialiased bicubic filter (a = -0.5, support
@@ -25,6 +26,7 @@ from __future__ import annotations
 import warnings
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -32,8 +34,8 @@ import PIL
 import torch
 from torch.nn import functional as F
 
-from clip_transform import (DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, ImageRejected, MapImages,
-                            check_declared_size, preprocess_batch, resize_plan)
+from clip_transform import (DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, OPENAI_PREPROCESSING, ImageRejected,
+                            MapImages, Preprocessing, check_declared_size, preprocess_batch, resize_plan)
 
 # One decode call and one resize call hold at most this many decoded pixels at a time (bounds GPU memory:
 # 256 MP of RGB bytes is 768 MB; the float copy a resize works on is 4x one call's share).
@@ -174,13 +176,16 @@ class Normalizer:
 
 class BatchPreprocessor:
     """Encoded images -> pixels [M, 3, size, size] (`dtype`, on `device`) for the good ones, in input order,
-    plus {index: reason} for the bad ones."""
+    plus {index: reason} for the bad ones. `preprocessing` gives the checkpoint's filter, sizes and crop
+    offsets (OpenAI's by default); `mean` and `std` are its normalization."""
 
     def __init__(self, size: int, device: torch.device, dtype: torch.dtype, mean: Sequence[float],
                  std: Sequence[float], *, gpu_decode: bool = True, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
                  max_bytes: int = DEFAULT_MAX_IMAGE_BYTES, fast_jpeg: bool = False, map_images: MapImages = map,
-                 decoder: Decoder | None = None):
+                 decoder: Decoder | None = None, preprocessing: Preprocessing = OPENAI_PREPROCESSING):
         self.size, self.device, self.dtype = size, device, dtype
+        self.preprocessing = replace(preprocessing, mean=tuple(mean), std=tuple(std))
+        gpu_decode = gpu_decode and self.preprocessing.interpolation == "bicubic"
         self.gpu_decode, self.max_pixels, self.max_bytes, self.fast_jpeg = gpu_decode, max_pixels, max_bytes, fast_jpeg
         self.map_images = map_images  # decodes the CPU path's images (a thread pool's map: Pillow releases the GIL)
         self._cpu_job = ThreadPoolExecutor(1, thread_name_prefix="clip-cpu-path")  # runs beside the GPU work
@@ -196,7 +201,7 @@ class BatchPreprocessor:
                 continue
             try:  # the exact path's limits, checked before anything is decoded
                 check_declared_size(*frame, self.max_pixels)
-                resize_plan(*frame, self.size, self.max_pixels)
+                resize_plan(*frame, self.size, self.max_pixels, self.preprocessing)
                 gpu[index] = frame[0] * frame[1]
             except ImageRejected as error:
                 errors[index] = str(error)
@@ -231,7 +236,7 @@ class BatchPreprocessor:
         if not indices:
             return np.zeros((0, 3, self.size, self.size), np.float32), {}
         return preprocess_batch([images[i] for i in indices], self.size, self.max_pixels, self.max_bytes,
-                                self.fast_jpeg, self.map_images)
+                                self.fast_jpeg, self.map_images, self.preprocessing)
 
     def _gpu_pixels(self, images: Sequence[bytes], areas: dict[int, int], pixels: dict[int, torch.Tensor]) -> list[int]:
         """Decode, resize and normalize the GPU-bound JPEGs into `pixels`; returns the indices the decoder refused."""
@@ -246,7 +251,7 @@ class BatchPreprocessor:
                     by_size[tuple(result.shape[-2:])].append((index, result))
             for (height, width), members in by_size.items():
                 try:  # from the decoded size, which is the header's unless the decoder disagrees
-                    plan = resize_plan(width, height, self.size, self.max_pixels)
+                    plan = resize_plan(width, height, self.size, self.max_pixels, self.preprocessing)
                 except ImageRejected:
                     refused += [index for index, _ in members]
                     continue

@@ -18,11 +18,11 @@ from PIL import Image
 from torch.utils.dlpack import to_dlpack
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from clip_batching import gather_images, respond  # noqa: E402  (shipped beside this file)
+from clip_batching import draining, gather_images, refuse_while_draining, respond  # noqa: E402  (shipped beside this file)
 from clip_contract import PIXELS_TENSOR  # noqa: E402  (likewise)
 from clip_executing_gauge import ExecutingGauge  # noqa: E402  (likewise)
 from clip_gpu_transform import BatchPreprocessor  # noqa: E402  (likewise)
-from clip_transform import CLIP_MEAN, CLIP_STD, DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS  # noqa: E402
+from clip_transform import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, Preprocessing  # noqa: E402
 
 _DTYPES = {"TYPE_FP16": torch.float16, "TYPE_FP32": torch.float32}
 
@@ -40,15 +40,18 @@ class TritonPythonModel:
         Image.MAX_IMAGE_PIXELS = None  # our own limit (checked before decoding) governs in this process
         threads = int(parameters.get("decode_threads", "1")) or len(os.sched_getaffinity(0))
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="clip-decode")
+        preprocessing = Preprocessing.from_parameters(parameters)  # the checkpoint's (OpenAI's if none named)
         self.preprocess = BatchPreprocessor(
-            int(pixels["dims"][-1]), device, _DTYPES[pixels["data_type"]], CLIP_MEAN, CLIP_STD,
-            gpu_decode=parameters.get("gpu_decode", "true") == "true",
+            int(pixels["dims"][-1]), device, _DTYPES[pixels["data_type"]], preprocessing.mean, preprocessing.std,
+            preprocessing=preprocessing, gpu_decode=parameters.get("gpu_decode", "true") == "true",
             max_pixels=int(parameters.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)),
             max_bytes=int(parameters.get("max_image_bytes", DEFAULT_MAX_IMAGE_BYTES)),
             fast_jpeg=parameters.get("fast_jpeg_decode", "false") == "true", map_images=self.pool.map)
         self.executing = ExecutingGauge(args)  # read by `clip-triton serve` to drain before stopping
 
     def execute(self, requests):
+        if draining():  # the entry of every new encode: refuse it (retryable) so that the drain can finish
+            return refuse_while_draining(requests)
         with self.executing.tracking(requests):
             return self._execute(requests)
 

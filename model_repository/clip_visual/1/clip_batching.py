@@ -4,12 +4,28 @@ one list, and answer each request with its own rows (or its own refusal).
 
 Shipped beside each model as `clip_batching.py`. A bad element fails only its own request, with
 INVALID_ARGUMENT and the contract's per-image message; the other requests of the batch get their rows.
+While the server drains, the entry model refuses new requests as a whole, with UNAVAILABLE.
 """
+import os
 from typing import Any, Callable, Mapping, Sequence
 
 import triton_python_backend_utils as pb_utils
 
-from clip_contract import IMAGE_INPUT, format_image_errors
+from clip_contract import DRAIN_FILE_ENVIRONMENT, DRAINING_MESSAGE, IMAGE_INPUT, format_image_errors
+
+
+def draining() -> bool:
+    """Whether the supervisor has started draining this server (a stat call: cheap enough per batch)."""
+    path = os.environ.get(DRAIN_FILE_ENVIRONMENT)
+    return bool(path) and os.path.exists(path)
+
+
+def refuse_while_draining(requests: Sequence[Any]) -> list:
+    """UNAVAILABLE for each request: a status every client retries, unlike the NOT_FOUND that Triton itself
+    gives while it unloads models on the way down. One error object per response: the stub releases each with
+    its response (a shared one came back garbled, with the wrong status, and crashed Triton at exit)."""
+    return [pb_utils.InferenceResponse(error=pb_utils.TritonError(DRAINING_MESSAGE, pb_utils.TritonError.UNAVAILABLE))
+            for _ in requests]
 
 
 def gather_images(requests: Sequence[Any]) -> tuple[list[bytes], list[int]]:
