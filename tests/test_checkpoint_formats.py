@@ -251,6 +251,14 @@ def test_an_open_clip_only_width_without_its_config_is_refused(tmp_path: Path) -
         load_checkpoint(tmp_path / "vit-h-like.pt")
 
 
+def test_an_open_clip_config_given_for_hugging_face_weights_is_refused(hf_folder: Path, tmp_path: Path) -> None:
+    config = tmp_path / "ViT-B-32.json"
+    config.write_text(json.dumps(OPEN_CLIP_VIT))
+    for target in (hf_folder, hf_folder / "model.safetensors"):
+        with pytest.raises(CheckpointError, match="--open-clip-config is for open_clip state dicts"):
+            load_checkpoint(target, open_clip_config=config)
+
+
 def test_a_folder_of_neither_format_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="folder holds neither a Hugging Face config.json nor an open_clip_config.json"):
         load_checkpoint(tmp_path)

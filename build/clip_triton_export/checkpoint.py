@@ -57,6 +57,8 @@ def load_checkpoint(path: str | os.PathLike, open_clip_config: str | os.PathLike
     if config is not None and not config.is_file():
         raise CheckpointError(f"{config}: open_clip config file not found")
     if path.is_dir():
+        if config is not None and (path / hf_checkpoint.CONFIG).is_file():
+            raise CheckpointError(f"{path}: a Hugging Face folder; --open-clip-config is for open_clip state dicts")
         if (path / open_clip_checkpoint.CONFIG).is_file() or config is not None:
             return _load_open_clip(open_clip_checkpoint.weights_file(path), config or path / open_clip_checkpoint.CONFIG)
         if (path / hf_checkpoint.CONFIG).is_file():
@@ -68,6 +70,8 @@ def load_checkpoint(path: str | os.PathLike, open_clip_config: str | os.PathLike
         return _load_hf(path.parent, path)
     state = _read_state_dict(path)
     if hf_checkpoint.is_hf_state(state):
+        if config is not None:
+            raise CheckpointError(f"{path}: Hugging Face weights; --open-clip-config is for open_clip state dicts")
         return _load_hf(path.parent, path, state)
     beside = path.parent / open_clip_checkpoint.CONFIG
     if config is not None or beside.is_file():
