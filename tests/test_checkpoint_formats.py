@@ -176,6 +176,13 @@ def hf_error_cases():
         save_file({k: v for k, v in state.items() if not k.startswith("visual_projection")}, str(folder / "model.safetensors"))
         return folder
 
+    def without_vision(folder: Path) -> Path:
+        from safetensors.torch import load_file, save_file
+
+        state = load_file(str(folder / "model.safetensors"))
+        save_file({k: v for k, v in state.items() if not k.startswith("vision_model.")}, str(folder / "model.safetensors"))
+        return folder
+
     def without_config(folder: Path) -> Path:
         (folder / "config.json").unlink()
         return folder / "model.safetensors"
@@ -183,6 +190,7 @@ def hf_error_cases():
     return {
         "text_only": (text_only, "config.json: a CLIPTextModel (text tower only): no vision weights to serve"),
         "no_projection": (without_projection, "no visual_projection.weight"),
+        "no_vision_weights": (without_vision, "clip-hf: no vision weights (no keys starting with 'vision_model.')"),
         "weights_without_config": (without_config, "model.safetensors: Hugging Face CLIP weights need the config.json"),
         "config_contradicts_layers": (lambda f: (_edit_json(f / "config.json", vision_config__num_hidden_layers=3), f)[1],
                                       "clip-hf: config.json says num_hidden_layers 3 but the weights have 2"),
