@@ -28,7 +28,7 @@ from typing import Iterator
 from . import procfs, probes
 from .http_front import HttpFront
 from .installation import Installation, InstallationError, local_installation
-from .options import ServerOptions, free_port
+from .options import ServerOptions, free_ports
 
 # Where the drain signal reaches our models: clip_triton.contract.DRAIN_FILE_ENVIRONMENT (the container
 # copies only this package, so the name is spelled here too; a test keeps them equal).
@@ -109,7 +109,7 @@ class TritonServer:
         for path in procfs.orphaned_python_backend_shared_memory():
             log.info("removing %s, left by a tritonserver that was killed", path)
             path.unlink(missing_ok=True)
-        self._triton_http_port = free_port()
+        self._triton_http_port = self._private_http_port()
         try:
             self._front = HttpFront(self.options.host, self.options.http_port, self._triton_http_port).start()
         except OSError as error:
@@ -127,6 +127,12 @@ class TritonServer:
                 preexec_fn=_die_with_parent if threading.current_thread() is threading.main_thread() else None,
             )
         return self
+
+    def _private_http_port(self) -> int:
+        """A free loopback port for Triton's own HTTP endpoint, none of the ports the options name (those are
+        free until Triton and the front bind them, so a bare free_port() could hand one of them out again)."""
+        taken = {self.options.grpc_port, self.options.http_port, self.options.metrics_port}
+        return next(port for port in free_ports(len(taken) + 1) if port not in taken)
 
     def is_ready(self) -> bool:
         """Triton itself is ready (what the front reports too, until a drain starts)."""
