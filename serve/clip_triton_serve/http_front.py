@@ -125,14 +125,13 @@ class HttpFront:
         if headers.get("expect", "").lower() == "100-continue":
             client_writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             head = b"\r\n".join(line for line in head.split(b"\r\n") if not line.lower().startswith(b"expect:"))
-        upstream_writer.write(head)
-        await _relay_body(client_reader, upstream_writer, headers, method, None)
+        await _relay_message(head, client_reader, upstream_writer, headers, method, None)
         while True:
             status, response_head, response_headers = await _read_response_head(upstream_reader)
-            client_writer.write(response_head)
             if status >= 200:
                 break
-        reusable = await _relay_body(upstream_reader, client_writer, response_headers, method, status)
+            client_writer.write(response_head)  # an interim response (Triton sends none today)
+        reusable = await _relay_message(response_head, upstream_reader, client_writer, response_headers, method, status)
         return reusable and not _closes(response_headers)
 
 
@@ -169,13 +168,25 @@ async def _skip_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> N
     await _copy_body(reader, discard, headers, body_until_close=False)
 
 
-async def _relay_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, headers: dict[str, str],
-                      method: str, status: int | None) -> bool:
-    """Copy one message body (`status` None: a request's); a response without a length runs to the end of the
-    connection (then the connection is not reusable)."""
+async def _relay_message(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         headers: dict[str, str], method: str, status: int | None) -> bool:
+    """Send `head` and copy its body (`status` None: a request's); returns whether the message was framed (a
+    response without a length runs to the end of the connection, which then cannot be reused).
+
+    A body of known length up to PIECE_BYTES goes out in one write with its head: written apart, the second
+    small segment waited for the peer's delayed ACK (inference through the front took 64 ms instead of 20).
+    """
     if status is not None and (method == "HEAD" or status in (204, 304) or 100 <= status < 200):
+        writer.write(head)
         await writer.drain()
         return True
+    length = headers.get("content-length")
+    if length is not None and "chunked" not in headers.get("transfer-encoding", "").lower() \
+            and int(length) <= PIECE_BYTES:
+        writer.write(head + await reader.readexactly(int(length)))
+        await writer.drain()
+        return True
+    writer.write(head)
 
     async def send(data: bytes) -> None:
         writer.write(data)
