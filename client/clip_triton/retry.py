@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .errors import RequestFailedError, ServerTimeoutError, ServerUnavailableError, TransportError
 
@@ -21,6 +21,11 @@ QUEUE_FULL_MESSAGE = "Exceeds maximum queue size"
 GOING_AWAY_MESSAGES = ("has no available versions", "is not at ready state")
 # Triton answers a request missing a restricted protocol's header with UNAVAILABLE; waiting cannot fix it.
 RESTRICTED_MESSAGE = "This protocol is restricted"
+# What "busy or going away" looks like: the default policy retries exactly these, and final_error reports
+# them as ServerUnavailableError. CANCELLED: what a server that exits cancels its open calls with (our
+# clients never cancel a call whose outcome they still read).
+TRANSIENT_STATUSES = frozenset({"UNAVAILABLE", "CANCELLED"})
+TRANSIENT_MESSAGES = (QUEUE_FULL_MESSAGE, *GOING_AWAY_MESSAGES)
 
 
 def status_name(status: str | None) -> str:
@@ -41,10 +46,8 @@ class RetryPolicy:
     initial_backoff_s: float = 0.05
     max_backoff_s: float = 2.0
     multiplier: float = 2.0
-    # CANCELLED: what a server that exits cancels its open calls with (our clients never cancel a call whose
-    # outcome they still read).
-    retry_statuses: frozenset[str] = field(default_factory=lambda: frozenset({"UNAVAILABLE", "CANCELLED"}))
-    retry_messages: tuple[str, ...] = (QUEUE_FULL_MESSAGE, *GOING_AWAY_MESSAGES)
+    retry_statuses: frozenset[str] = TRANSIENT_STATUSES
+    retry_messages: tuple[str, ...] = TRANSIENT_MESSAGES
     never_retry_messages: tuple[str, ...] = (RESTRICTED_MESSAGE,)
 
     def __post_init__(self) -> None:
@@ -80,7 +83,7 @@ def final_error(status: str | None, message: str, url: str, *, attempts: int = 1
     if RESTRICTED_MESSAGE in message:
         return RequestFailedError(f"{where} refused: {message} (pass it with headers={{...}}; over gRPC Triton "
                                   "expects the configured header name prefixed by 'triton-grpc-protocol-')", name, url)
-    if name in ("UNAVAILABLE", "CANCELLED") or any(m in message for m in (QUEUE_FULL_MESSAGE, *GOING_AWAY_MESSAGES)):
+    if name in TRANSIENT_STATUSES or any(m in message for m in TRANSIENT_MESSAGES):
         tries = f" after {attempts} attempt(s) over {waited_s:.1f} s" if attempts > 1 else ""
         return ServerUnavailableError(f"{where} failed{tries}: {name}: {message}{_hint(message)}", name, url)
     return RequestFailedError(f"{where} failed: {name}: {message}{_hint(message)}", name, url)

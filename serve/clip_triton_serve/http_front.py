@@ -158,6 +158,10 @@ async def _read_response_head(reader: asyncio.StreamReader) -> tuple[int, bytes,
     return status, head, _parse_headers(lines[1:])
 
 
+def _chunked(headers: dict[str, str]) -> bool:
+    return "chunked" in headers.get("transfer-encoding", "").lower()
+
+
 def _closes(headers: dict[str, str]) -> bool:
     return headers.get("connection", "").lower() == "close"
 
@@ -181,8 +185,7 @@ async def _relay_message(head: bytes, reader: asyncio.StreamReader, writer: asyn
         await writer.drain()
         return True
     length = headers.get("content-length")
-    if length is not None and "chunked" not in headers.get("transfer-encoding", "").lower() \
-            and int(length) <= PIECE_BYTES:
+    if length is not None and not _chunked(headers) and int(length) <= PIECE_BYTES:
         writer.write(head + await reader.readexactly(int(length)))
         await writer.drain()
         return True
@@ -200,7 +203,7 @@ async def _relay_message(head: bytes, reader: asyncio.StreamReader, writer: asyn
 async def _copy_body(reader: asyncio.StreamReader, send: Callable[[bytes], Awaitable[None]],
                      headers: dict[str, str], body_until_close: bool) -> bool:
     """Chunked, Content-Length, or (responses only) until the peer closes; returns whether it was framed."""
-    if "chunked" in headers.get("transfer-encoding", "").lower():
+    if _chunked(headers):
         while True:
             size_line = await reader.readuntil(b"\r\n")
             await send(size_line)

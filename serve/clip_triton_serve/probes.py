@@ -19,6 +19,15 @@ def is_ready(http_url: str, timeout_s: float = 2.0) -> bool:
         return False
 
 
+def _metrics_text(metrics_url: str) -> str | None:
+    """The Prometheus text of a server's metrics endpoint (None if it cannot be read)."""
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=2) as response:
+            return response.read().decode()
+    except OSError:
+        return None
+
+
 def requests_in_flight(metrics_url: str, unqueued_models: tuple[str, ...] = ()) -> int | None:
     """Requests queued or executing in a server, from its metrics endpoint (None if it cannot be read).
 
@@ -26,10 +35,8 @@ def requests_in_flight(metrics_url: str, unqueued_models: tuple[str, ...] = ()) 
     `clip_triton_executing_requests` for the ones inside `execute()`. Queued requests of `unqueued_models`
     are not counted: while a server drains, its entry model refuses what waits in its queue.
     """
-    try:
-        with urllib.request.urlopen(metrics_url, timeout=2) as response:
-            text = response.read().decode()
-    except OSError:
+    text = _metrics_text(metrics_url)
+    if text is None:
         return None
     skipped = tuple(f'nv_inference_pending_request_count{{model="{model}"' for model in unqueued_models)
     return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
@@ -44,10 +51,8 @@ def queue_progress(metrics_url: str, model: str) -> tuple[int, int] | None:
     later one (its queue is first in, first out), so once it has completed as many more as it held, every
     request it receives is a new one. None if the metrics cannot be read.
     """
-    try:
-        with urllib.request.urlopen(metrics_url, timeout=2) as response:
-            text = response.read().decode()
-    except OSError:
+    text = _metrics_text(metrics_url)
+    if text is None:
         return None
     completed = holding = 0
     for line in text.splitlines():

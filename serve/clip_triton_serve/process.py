@@ -90,10 +90,6 @@ class TritonServer:
         return f"http://127.0.0.1:{self._triton_http_port}" if self._triton_http_port else self.http_url
 
     @property
-    def draining(self) -> bool:
-        return self.drain_file.exists()
-
-    @property
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
@@ -205,7 +201,6 @@ class TritonServer:
             return None
         if self.alive():
             drain_s = self.options.exit_timeout_s if drain_s is None else drain_s
-            self.begin_drain()
             if drain_s > 0 and self.is_ready() and not self.drain(drain_s):
                 log.warning("could not confirm that in-flight requests finished within %.0f s; stopping", drain_s)
         self.kill()

@@ -76,15 +76,7 @@ def python_backend_shared_memory(server_pid: int) -> set[Path]:
     Triton removes them when it exits by itself; after a SIGKILL they stay in /dev/shm (tens of MB each)
     unless whoever killed it removes them.
     """
-    files: set[Path] = set()
-    for pid in (server_pid, *backend_stubs(server_pid)):
-        try:
-            maps = (PROC / str(pid) / "maps").read_text()
-        except OSError:
-            continue
-        files.update(Path(line.split(None, 5)[5]) for line in maps.splitlines()
-                     if len(line.split(None, 5)) == 6 and SHM_PREFIX in line)
-    return files
+    return {Path(name) for pid in (server_pid, *backend_stubs(server_pid)) for name in _mapped_shared_memory(pid)}
 
 
 def orphaned_python_backend_shared_memory(min_age_s: float = 60.0) -> list[Path]:
@@ -104,14 +96,18 @@ def orphaned_python_backend_shared_memory(min_age_s: float = 60.0) -> list[Path]
     candidates = [path for path in candidates if _owned_and_old(path, uid, now - min_age_s)]
     if not candidates:
         return []
-    mapped: set[str] = set()
-    for pid in _pids():
-        try:
-            mapped.update(line.split(None, 5)[5] for line in (PROC / pid / "maps").read_text().splitlines()
-                          if SHM_PREFIX in line and len(line.split(None, 5)) == 6)
-        except OSError:
-            continue
+    mapped = {name for pid in _pids() for name in _mapped_shared_memory(pid)}
     return [path for path in candidates if str(path) not in mapped]
+
+
+def _mapped_shared_memory(pid: int | str) -> set[str]:
+    """Paths of the Python backend's shared-memory files a process maps (empty if it cannot be read)."""
+    try:
+        maps = (PROC / str(pid) / "maps").read_text()
+    except OSError:
+        return set()
+    fields = (line.split(None, 5) for line in maps.splitlines() if SHM_PREFIX in line)
+    return {parts[5] for parts in fields if len(parts) == 6}
 
 
 def _owned_and_old(path: Path, uid: int, before: float) -> bool:
