@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import re
 import sys
+import urllib.request
 from pathlib import Path
 from types import ModuleType
 
@@ -68,3 +70,11 @@ def on_cpu_instances(repository: Path) -> Path:
             group.kind = pb.ModelInstanceGroup.KIND_CPU
         path.write_text(text_format.MessageToString(config))
     return repository
+
+
+def model_gauge(metrics_url: str, name: str, model: str) -> list[float]:
+    """Every instance's value of one of our gauges for `model`, read from Triton's metrics port."""
+    with urllib.request.urlopen(metrics_url, timeout=5) as response:
+        text = response.read().decode()
+    pattern = re.compile(rf'^{name}{{[^}}]*model="{re.escape(model)}"[^}}]*}} (\S+)$', re.MULTILINE)
+    return [float(value) for value in pattern.findall(text)]

@@ -15,13 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from google.protobuf import text_format
 from PIL import Image
+from tritonclient.grpc import model_config_pb2 as pb
 
-from clip_triton import ClipClient, InvalidImageError
+from clip_triton import ClipClient, InvalidImageError, contract
 from clip_triton.transform import preprocess, preprocess_batch
 from clip_triton_export.pipeline import export_repository, load_source
 from conftest import IMAGE_NAMES, image_bytes, running_server
-from gpu_support import jpeg, jpeg_photos, shipped_gpu_transform
+from gpu_support import jpeg, jpeg_photos, model_gauge, shipped_gpu_transform
 
 CUDA = torch.cuda.is_available()
 pytestmark = [pytest.mark.gpu, pytest.mark.server,
@@ -142,3 +144,47 @@ def test_encode_pixels_sends_fp16_to_the_gpu_model(served) -> None:
         png_rows = [i for i, name in enumerate(IMAGE_NAMES[:4]) if name.endswith(".png")]
         via_ensemble = client.encode([image_bytes(IMAGE_NAMES[i]) for i in png_rows])
     assert cosine(direct[png_rows], via_ensemble).min() >= 0.99999
+
+
+def test_the_visual_model_replays_cuda_graphs_for_small_batches(served) -> None:
+    """Every size the config names was captured (0 would mean the capture failed: the server log says why),
+    and a batch of each size around the graphs' gets the features it gets alone."""
+    arch, _, server = served
+    config = text_format.Parse((server.options.repository / contract.VISUAL_MODEL / "config.pbtxt").read_text(),
+                               pb.ModelConfig())
+    named = config.parameters["cuda_graph_batch_sizes"].string_value.split(",")
+    assert model_gauge(server.metrics_url, "clip_triton_cuda_graphs", contract.VISUAL_MODEL) == [len(named)]
+    photos = list(jpeg_photos().values())
+    with ClipClient(server.grpc_url) as client:
+        alone = client.encode(photos[:1])
+        for count in (1, 2, 5, 7, 13, 64, 65):  # graphs of 1, 2, 6, 8, 16, 64; eager beyond
+            batch = client.encode([photos[0]] * count)
+            assert cosine(batch, np.repeat(alone, count, axis=0)).min() >= 0.9999, f"batch of {count}"
+
+
+def test_graphs_captured_from_the_fp16_model_compute_what_it_computes(served) -> None:
+    """clip_cuda_graphs' real capture (the shipped file, the served fp16 model) against the model run eagerly,
+    for batch sizes inside, between and beyond the graphs, with stale rows from earlier batches."""
+    import importlib.util
+    import sys
+
+    folder = served[2].options.repository / contract.VISUAL_MODEL / "1"
+    spec = importlib.util.spec_from_file_location("clip_cuda_graphs", folder / "clip_cuda_graphs.py")
+    graphs = importlib.util.module_from_spec(spec)
+    sys.modules["clip_cuda_graphs"] = graphs
+    spec.loader.exec_module(graphs)
+    model = torch.jit.load(str(folder / "model.pt"), map_location="cuda").eval()
+
+    def unoptimized(pixels: torch.Tensor) -> torch.Tensor:
+        with torch.jit.optimized_execution(False):
+            return model(pixels)
+
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    with torch.inference_mode():
+        runner = graphs.GraphedBatches(unoptimized, torch.zeros((3, 224, 224), dtype=torch.half, device="cuda"),
+                                       (1, 2, 4, 8), graphs.cuda_graph_capture(), eager=model)
+        for count in (8, 3, 1, 9, 5, 2, 7):
+            pixels = torch.randn((count, 3, 224, 224), generator=generator, device="cuda").half()
+            served_features = runner(pixels).float().cpu().numpy()
+            expected = model(pixels).float().cpu().numpy()
+            assert cosine(served_features, expected).min() >= 0.99999, f"batch of {count}"

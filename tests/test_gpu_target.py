@@ -14,7 +14,7 @@ from clip_triton import ClipClient, InvalidImageError, contract
 from clip_triton.transform import preprocess
 from clip_triton_export.pipeline import export_repository
 from conftest import IMAGE_NAMES, assert_features_match, golden_checkpoint, golden_features, image_bytes, running_server
-from gpu_support import jpeg_photos, on_cpu_instances
+from gpu_support import jpeg_photos, model_gauge, on_cpu_instances
 
 pytestmark = pytest.mark.server
 
@@ -35,6 +35,12 @@ def test_the_gpu_target_is_fp16_torch_in_the_python_backend(gpu_target_server) -
     with ClipClient(gpu_target_server.grpc_url) as client:
         assert client.model_parameters()["weights"].endswith(":fp16")
         assert client.model_info().pixels_datatype == "FP16"
+
+
+def test_cpu_instances_run_the_visual_model_without_cuda_graphs_and_say_so(gpu_target_server) -> None:
+    """The config asks for CUDA graphs; a CPU instance cannot capture any and reports 0 (a GPU instance reports
+    how many it captured: `make test-gpu`)."""
+    assert model_gauge(gpu_target_server.metrics_url, "clip_triton_cuda_graphs", contract.VISUAL_MODEL) == [0.0]
 
 
 def test_exact_path_images_give_openais_features_within_fp16(gpu_target_server) -> None:

@@ -82,6 +82,11 @@ def test_every_config_parses_and_follows_the_contract(target: str, fmt: str, pre
         assert visual.parameters["artifact"].string_value == "model.pt"
         assert visual.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value == "no"
         assert b"torch.jit.load" in files[f"{contract.VISUAL_MODEL}/1/model.py"]
+        # CUDA graphs for batches of up to 64; a batch pads to the next size, at most 1.5x its own
+        graph_sizes = [int(size) for size in visual.parameters["cuda_graph_batch_sizes"].string_value.split(",")]
+        assert graph_sizes[0] == 1 and graph_sizes[-1] == 64 and graph_sizes == sorted(set(graph_sizes))
+        assert all(min(size for size in graph_sizes if size >= n) <= 1.5 * n for n in range(1, 65))
+        assert f"{contract.VISUAL_MODEL}/1/clip_cuda_graphs.py" in files
     else:
         assert visual.backend == "python" and visual.instance_group[0].kind == pb.ModelInstanceGroup.KIND_CPU
         expected_runtime = {"onnx": "openvino" if spec.family == "VisionTransformer" else "onnxruntime",
@@ -94,6 +99,7 @@ def test_every_config_parses_and_follows_the_contract(target: str, fmt: str, pre
         else:
             assert "inference_precision" not in visual.parameters
         assert f"{contract.VISUAL_MODEL}/1/model.py" in files
+        assert "cuda_graph_batch_sizes" not in visual.parameters
 
 
 def test_each_target_has_its_own_defaults() -> None:
@@ -163,7 +169,8 @@ def test_shipped_modules_are_their_sources_under_a_generated_header(target: str)
                "clip_executing_gauge.py": Path(models.__file__).parent / "executing_gauge.py",
                "clip_visual_runtime.py": Path(models.__file__).parent / "visual_runtime.py",
                "clip_gpu_transform.py": Path(models.__file__).parent / "gpu_transform.py",
-               "clip_batching.py": Path(models.__file__).parent / "batching.py"}
+               "clip_batching.py": Path(models.__file__).parent / "batching.py",
+               "clip_cuda_graphs.py": Path(models.__file__).parent / "cuda_graphs.py"}
     files = render_repository(named_architecture("ViT-B/32"), RepositoryOptions(target=target))
     python_files = {path: content for path, content in files.items() if path.endswith(".py")}
     assert python_files

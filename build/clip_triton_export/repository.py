@@ -32,6 +32,7 @@ GAUGE_MODULE = ("clip_executing_gauge.py", (_MODELS_PACKAGE, "executing_gauge.py
 RUNTIME_MODULE = ("clip_visual_runtime.py", (_MODELS_PACKAGE, "visual_runtime.py"))
 GPU_TRANSFORM_MODULE = ("clip_gpu_transform.py", (_MODELS_PACKAGE, "gpu_transform.py"))
 BATCHING_MODULE = ("clip_batching.py", (_MODELS_PACKAGE, "batching.py"))
+CUDA_GRAPHS_MODULE = ("clip_cuda_graphs.py", (_MODELS_PACKAGE, "cuda_graphs.py"))
 _NATIVE_BACKENDS = {"onnx": ("onnxruntime", "onnxruntime_onnx"), "torchscript": ("pytorch", "pytorch_libtorch")}
 # What runs the fp32 ONNX model inside the CPU target's Python backend, per architecture family. Both give
 # fp32 features (OpenVINO is held to fp32, see visual_runtime.py); measured on our 2-core VM, same file:
@@ -47,14 +48,17 @@ _CPU_ONNX_RUNTIMES = {"VisionTransformer": "openvino", "ModifiedResNet": "onnxru
 # per execution (preferred 64/128/256; the ensemble still takes at most 64 per request), two preprocessing
 # instances per GPU (one decodes while the other resizes or waits for its CPU-path images), one visual
 # instance (a batch of 256 keeps the GPU busy), and short queue delays so that batches form under load
-# without holding a lone request long.
+# without holding a lone request long. Its visual model replays CUDA graphs for batches of up to 64
+# images (cuda_graphs.py says why), in steps of at most 1.5x (a batch pads to the next size); larger batches
+# keep the GPU busy long enough for eager launches to overlap its work.
 TARGET_DEFAULTS = {
     "cpu": {"fmt": "onnx", "precision": "fp32", "preprocess_instances": 1, "preprocess_threads": 0,
             "visual_instances": 1, "preferred_batch_sizes": (4, 8, 16, 32), "max_queue_size": 64,
-            "preprocess_queue_delay_us": 0, "visual_queue_delay_us": 0},
+            "preprocess_queue_delay_us": 0, "visual_queue_delay_us": 0, "cuda_graph_batch_sizes": ()},
     "gpu": {"fmt": "torchscript", "precision": "fp16", "preprocess_instances": 2, "preprocess_threads": 4,
             "visual_instances": 1, "preferred_batch_sizes": (64, 128, 256), "max_queue_size": 512,
-            "preprocess_queue_delay_us": 500, "visual_queue_delay_us": 500, "composing_max_batch_size": 256},
+            "preprocess_queue_delay_us": 500, "visual_queue_delay_us": 500, "composing_max_batch_size": 256,
+            "cuda_graph_batch_sizes": (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)},
 }
 VISUAL_BACKENDS = ("python", "native")
 
@@ -100,6 +104,8 @@ class RepositoryOptions:
     preprocess_queue_delay_us: int | None = None
     visual_queue_delay_us: int | None = None
     preferred_batch_sizes: tuple[int, ...] | None = None
+    # GPU target (python visual backend): batch sizes replayed from CUDA graphs on a GPU; () = none
+    cuda_graph_batch_sizes: tuple[int, ...] | None = None
     weights: str | None = None  # provenance of the weights, recorded in clip_visual's parameters
     # The checkpoint's preprocessing (mean/std, filter, sizes): clip_preprocess applies it, and clip_visual's
     # parameters repeat it for clients that preprocess themselves (encode_pixels, preprocess="client").
@@ -193,6 +199,8 @@ def model_configs(spec: VisualSpec, options: RepositoryOptions) -> dict[str, pb.
         visual.parameters["artifact"].string_value = artifact_name(options)
         # Take clip_preprocess's pixels where they are (on the GPU) instead of a copy in host memory.
         visual.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value = "no"
+        graph_sizes = [size for size in options.cuda_graph_batch_sizes if size <= composing]
+        visual.parameters["cuda_graph_batch_sizes"].string_value = ",".join(map(str, graph_sizes))
     else:
         visual.backend = "python"
         visual.instance_group.add(kind=cpu, count=options.visual_instances)
@@ -273,7 +281,7 @@ def shipped_modules(options: RepositoryOptions) -> dict[str, list[tuple[str, tup
         preprocess = [("model.py", (_MODELS_PACKAGE, "gpu_preprocess_model.py")), *common, TRANSFORM_MODULE,
                       GPU_TRANSFORM_MODULE]
         if options.visual_backend == "python":
-            visual = [("model.py", (_MODELS_PACKAGE, "torch_visual_model.py")), *common]
+            visual = [("model.py", (_MODELS_PACKAGE, "torch_visual_model.py")), *common, CUDA_GRAPHS_MODULE]
     elif options.target == "cpu":
         visual = [("model.py", (_MODELS_PACKAGE, "visual_model.py")), *common, RUNTIME_MODULE]
     return {contract.PREPROCESS_MODEL: preprocess, contract.VISUAL_MODEL: visual, contract.ENSEMBLE_MODEL: []}
