@@ -28,12 +28,15 @@ DEFAULT_IMAGES = ROOT.parent / "shared" / "images"
 # "CxN[:P]": C requests in flight, N images each, spread over P load-generator processes.
 SMALL_LEVELS = "1x1,64x1:4,16x64:4,32x64:8,64x64:8"
 PHONE_LEVELS = "1x1,8x16:4,16x16:8,32x16:8"
-# Other settings measured beside the defaults, at one high level each: what the defaults are chosen against.
-VARIANTS = {
-    "1 preprocessing instance": {"preprocess_instances": 1},
-    "4 preprocessing instances": {"preprocess_instances": 4},
+# Other settings measured beside the defaults, each at the levels that tell it apart: what the defaults are
+# chosen against (throughput for the instance counts, concurrency 1 and many single images for the graphs).
+HIGH_LEVELS = {"small": "32x64:8", "phone": "16x16:8"}
+VARIANTS = {  # --variants name: (overrides of the GPU target's defaults, levels)
+    "preprocess-1": ({"preprocess_instances": 1}, HIGH_LEVELS),
+    "preprocess-3": ({"preprocess_instances": 3}, HIGH_LEVELS),
+    "preprocess-4": ({"preprocess_instances": 4}, HIGH_LEVELS),
+    "no-cuda-graphs": ({"cuda_graph_batch_sizes": ()}, {"small": "1x1,64x1:4", "phone": "1x1"}),
 }
-VARIANT_LEVELS = {"small": "32x64:8", "phone": "16x16:8"}
 
 
 def say(message: str) -> None:
@@ -63,10 +66,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--small-levels", default=SMALL_LEVELS, help=f"server levels, small JPEGs ({SMALL_LEVELS})")
     parser.add_argument("--phone-levels", default=PHONE_LEVELS, help=f"server levels, 12 MP JPEGs ({PHONE_LEVELS})")
     parser.add_argument("--no-variants", action="store_true", help="measure the defaults only")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"comma list of the settings to compare with the defaults ({', '.join(VARIANTS)})")
     parser.add_argument("--fidelity", type=Path, help="JSON written by `make test-gpu` (CLIP_TRITON_GPU_FIDELITY)")
     parser.add_argument("--work-dir", type=Path, default=ROOT / "bench_out" / "gpu")
     parser.add_argument("--report-dir", type=Path, default=ROOT / "bench" / "report" / "gpu")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    unknown = [name for name in filter(None, (part.strip() for part in args.variants.split(","))) if name not in VARIANTS]
+    if unknown:  # before any GPU time is spent
+        parser.error(f"unknown --variants {', '.join(map(repr, unknown))}; choose from: {', '.join(VARIANTS)}")
+    return args
 
 
 class Run:
@@ -231,14 +240,15 @@ def main(argv: list[str] | None = None) -> int:
         from clip_triton_export.repository import RepositoryOptions
 
         measured = {}
-        for name, overrides in VARIANTS.items():
-            folder = work / "variants" / name.split(" (")[0].replace(" ", "-").replace(",", "")
+        for name in filter(None, (part.strip() for part in args.variants.split(","))):
+            overrides, levels = VARIANTS[name]
+            folder = work / "variants" / name
             export_repository(folder, RepositoryOptions(target="gpu", **overrides), configs_only=True,
                               checkpoint=args.checkpoint, random_init=None if args.checkpoint else args.random_init)
             (folder / artifact.relative_to(repository)).unlink(missing_ok=True)
             (folder / artifact.relative_to(repository)).hardlink_to(artifact)
             say(f"variant: {name}")
-            measured[name] = {"options": overrides, **serve_and_measure(folder, VARIANT_LEVELS, check=False)}
+            measured[name] = {"options": overrides, **serve_and_measure(folder, levels, check=False)}
             run.results["variants"] = measured
             run.save()
         return measured

@@ -46,6 +46,17 @@ def test_the_headline_judges_each_target_from_the_figures() -> None:
     assert round(head["small"]["server_over_openai_b64"]) == 197
     assert head["phone"]["server_over_nvjpeg_alone"] == 0.9
     verdicts = list(head["targets"].values())
-    assert verdicts == ["met", "met", "not met", "met", "met", "not met"]
+    assert verdicts == ["met", "met", "not met", "not met", "met", "met", "not met"]  # small: 12k of nvJPEG's 30k
     page = gpu_report.markdown({**results, "headline": head})
     assert "| small JPEGs >= 10000 images/s | met |" in page and "12,000" in page
+
+
+def test_variants_are_checked_before_any_gpu_time_and_reported_with_their_latency(capsys) -> None:
+    with pytest.raises(SystemExit):
+        gpu.parse_args(["--variants", "preprocess-3,visual-2"])
+    assert "unknown --variants 'visual-2'" in capsys.readouterr().err
+    assert gpu.parse_args(["--variants", "no-cuda-graphs"]).variants == "no-cuda-graphs"
+    results = {"variants": {"no-cuda-graphs": {"options": {"cuda_graph_batch_sizes": []}, "sweeps": {
+        "small": [level(1, 1, 80.0, 12.3), level(64, 1, 1500.0, 41.0)], "phone": [level(1, 1, 40.0, 21.5)]}}}}
+    page = gpu_report.markdown(results)
+    assert "| no-cuda-graphs (cuda_graph_batch_sizes=[]) | small: 1x1, 64x1; phone: 1x1 | 1,500 | 40 | 12.3 / 21.5 | 0 |" in page

@@ -1,0 +1,33 @@
+#!/bin/bash
+# Run on the GPU host (offline; Python 3.12 with CUDA torch and torchvision preinstalled) from the repository
+# root, with .gpu/ from tools/gpu_host/prepare.sh beside it: installs numpy<2 into the interpreter's own
+# site-packages (Triton's Python stub ignores PYTHONPATH), unpacks Triton, then `make test-gpu` and
+# `make bench-gpu`, each under its own time limit. Logs and reports go to $OUT (default: out/gpu_host).
+#   TEST_TIMEOUT=240 BENCH_TIMEOUT=300 SKIP_TESTS=0 BENCH_ARGS='--seconds 3 --warmup 1.5 --variants ...'
+set -u
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-out/gpu_host}
+mkdir -p "$OUT"
+exec > >(tee "$OUT/run.log") 2>&1
+date -u; T0=$(date +%s)
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
+nproc; python3 --version
+python3 -m pip install -q --no-index --no-deps --force-reinstall .gpu/bundle/numpy-1.26.4-*.whl
+mkdir -p /tmp/tr && tar xJf .gpu/bundle/triton-trim.tar.xz -C /tmp/tr
+python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .gpu/whl/*.whl
+mkdir -p ../shared && cp -r .gpu/shared/. ../shared/
+export PYTHONPATH=/tmp/site:$PWD/client:$PWD/build:$PWD/serve:$PWD/cli:$PWD
+export CLIP_TRITON_HOME=/tmp/tr/pytriton/tritonserver PYTHONUNBUFFERED=1
+python3 -c "import numpy, torch, torchvision, PIL, tritonclient.grpc; print('numpy', numpy.__version__, 'torch', \
+torch.__version__, 'torchvision', torchvision.__version__, 'pillow', PIL.__version__, torch.cuda.get_device_name())"
+echo "setup: $(( $(date +%s) - T0 )) s"
+if [ "${SKIP_TESTS:-0}" != 1 ]; then
+  timeout "${TEST_TIMEOUT:-240}" make test-gpu PY=python3 PYTEST_ARGS='-q -rs --durations=12'
+  echo "test-gpu exit $? at $(( $(date +%s) - T0 )) s"
+  cp bench_out/gpu/fidelity.json "$OUT/" 2>/dev/null
+fi
+timeout "${BENCH_TIMEOUT:-300}" make bench-gpu PY=python3 \
+  BENCH_GPU_ARGS="${BENCH_ARGS:---seconds 3 --warmup 1.5 --variants preprocess-4,no-cuda-graphs}"
+echo "bench-gpu exit $? at $(( $(date +%s) - T0 )) s"
+cp bench/report/gpu/results.json bench/report/gpu/report.md bench/report/gpu/throughput.png "$OUT/" 2>/dev/null
+grep -E "^E|error|Error|CUDA graphs" bench_out/gpu/tritonserver.log 2>/dev/null | tail -30 > "$OUT/tritonserver-notes.log"
