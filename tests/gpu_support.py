@@ -27,7 +27,7 @@ def shipped_gpu_transform(directory: Path) -> ModuleType:
     folder = directory / contract.PREPROCESS_MODEL / "1"
     sys.path.insert(0, str(folder))
     try:
-        for name in ("clip_transform", "clip_gpu_transform"):
+        for name in ("clip_transform", "clip_pillow_resize", "clip_gpu_transform"):
             sys.modules.pop(name, None)
             spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
             module = importlib.util.module_from_spec(spec)

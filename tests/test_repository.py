@@ -170,7 +170,8 @@ def test_shipped_modules_are_their_sources_under_a_generated_header(target: str)
                "clip_visual_runtime.py": Path(models.__file__).parent / "visual_runtime.py",
                "clip_gpu_transform.py": Path(models.__file__).parent / "gpu_transform.py",
                "clip_batching.py": Path(models.__file__).parent / "batching.py",
-               "clip_cuda_graphs.py": Path(models.__file__).parent / "cuda_graphs.py"}
+               "clip_cuda_graphs.py": Path(models.__file__).parent / "cuda_graphs.py",
+               "clip_pillow_resize.py": Path(models.__file__).parent / "pillow_resize.py"}
     files = render_repository(named_architecture("ViT-B/32"), RepositoryOptions(target=target))
     python_files = {path: content for path, content in files.items() if path.endswith(".py")}
     assert python_files

@@ -31,6 +31,7 @@ TRANSFORM_MODULE = ("clip_transform.py", ("clip_triton", "transform.py"))
 GAUGE_MODULE = ("clip_executing_gauge.py", (_MODELS_PACKAGE, "executing_gauge.py"))
 RUNTIME_MODULE = ("clip_visual_runtime.py", (_MODELS_PACKAGE, "visual_runtime.py"))
 GPU_TRANSFORM_MODULE = ("clip_gpu_transform.py", (_MODELS_PACKAGE, "gpu_transform.py"))
+PILLOW_RESIZE_MODULE = ("clip_pillow_resize.py", (_MODELS_PACKAGE, "pillow_resize.py"))
 BATCHING_MODULE = ("clip_batching.py", (_MODELS_PACKAGE, "batching.py"))
 CUDA_GRAPHS_MODULE = ("clip_cuda_graphs.py", (_MODELS_PACKAGE, "cuda_graphs.py"))
 _NATIVE_BACKENDS = {"onnx": ("onnxruntime", "onnxruntime_onnx"), "torchscript": ("pytorch", "pytorch_libtorch")}
@@ -279,7 +280,7 @@ def shipped_modules(options: RepositoryOptions) -> dict[str, list[tuple[str, tup
     visual = []
     if options.on_gpu:
         preprocess = [("model.py", (_MODELS_PACKAGE, "gpu_preprocess_model.py")), *common, TRANSFORM_MODULE,
-                      GPU_TRANSFORM_MODULE]
+                      GPU_TRANSFORM_MODULE, PILLOW_RESIZE_MODULE]
         if options.visual_backend == "python":
             visual = [("model.py", (_MODELS_PACKAGE, "torch_visual_model.py")), *common, CUDA_GRAPHS_MODULE]
     elif options.target == "cpu":

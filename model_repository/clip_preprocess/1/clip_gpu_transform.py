@@ -2,7 +2,8 @@
 """OpenAI's CLIP transform for a batch of encoded images, with JPEGs decoded and resized on the GPU.
 
 Shipped beside the GPU target's clip_preprocess as `clip_gpu_transform.py`; it needs torch, and
-torchvision for nvJPEG, beside the exact transform (`clip_transform`) it falls back to.
+torchvision for nvJPEG, beside the exact transform (`clip_transform`) it falls back to and the resize it
+runs (`clip_pillow_resize`: Pillow's, bit for bit).
 
 Which image goes where:
 - A JPEG that nvJPEG can decode to the same colours as libjpeg (8-bit, greyscale or YCbCr with 1 or 3
@@ -10,16 +11,12 @@ Which image goes where:
   which an Adobe marker or the component ids R, G, B say) is decoded by nvJPEG on the GPU, batched (its
   hardware decoder where the GPU has one), then resized, cropped and normalized on the GPU.
 - Everything else (PNG, GIF, WebP, CMYK, JPEGs the GPU refuses or that look truncated), and every image
-  when GPU decoding is off or the checkpoint resizes with another filter than bicubic (the GPU resize is
-  Pillow's bicubic only), goes through the exact CPU path on a thread pool, then to the GPU.
+  when GPU decoding is off, goes through the exact CPU path on a thread pool, then to the GPU.
 - Every refusal (size limits, undecodable data) names its element, with the CPU path's own reasons.
 
-The GPU resize follows Pillow's: Pillow resizes with an antialiased bicubic filter (a = -0.5, support
-scaled with the reduction) in two passes, rounding to 8 bits after each; torch's `interpolate(mode="bicubic",
-antialias=True)` computes the same filter weights, so two such passes in Pillow's order with the same
-rounding in between give Pillow's pixels but for an occasional 1 (Pillow quantizes its weights to 22 bits).
-One pass in float, as usual on GPUs, differs by up to 5 levels on an eighth of the pixels; the passes in
-the other order, by up to 3 levels on a twentieth.
+The GPU resize is Pillow's own, bit for bit (clip_pillow_resize: its fixed-point weights, applied by exact
+integer matrix products on the tensor cores), so a JPEG's pixels differ from the exact path's only where
+nvJPEG's decoding differs from libjpeg's.
 """
 from __future__ import annotations
 
@@ -30,15 +27,14 @@ from dataclasses import replace
 from typing import Callable, Sequence
 
 import numpy as np
-import PIL
 import torch
-from torch.nn import functional as F
 
+from clip_pillow_resize import FILTERS, resize_crop
 from clip_transform import (DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, OPENAI_PREPROCESSING, ImageRejected,
                             MapImages, Preprocessing, check_declared_size, preprocess_batch, resize_plan)
 
 # One decode call and one resize call hold at most this many decoded pixels at a time (bounds GPU memory:
-# 256 MP of RGB bytes is 768 MB; the float copy a resize works on is 4x one call's share).
+# 256 MP of RGB bytes is 768 MB; a resize adds one byte-sized copy of its share and small int64 sums).
 DECODE_BUDGET_PIXELS = 256 * 2**20
 RESIZE_BUDGET_PIXELS = 64 * 2**20
 # The frame markers nvJPEG decodes: baseline, extended sequential and progressive DCT with Huffman coding.
@@ -130,38 +126,6 @@ def default_decoder(device: torch.device) -> Decoder:
     return pillow_decoder(device)
 
 
-_PILLOW_MAJOR = int(PIL.__version__.split(".")[0])
-
-
-def vertical_pass_first(width: int, height: int, new_width: int, new_height: int) -> bool:
-    """Pillow's pass order: horizontal first, except (since Pillow 13) when the height shrinks by more than
-    twice as many pixels as the width does (src/libImaging/Resample.c, ImagingResampleInner)."""
-    shrink_height, shrink_width = height - new_height, width - new_width
-    return _PILLOW_MAJOR >= 13 and shrink_height > 0 and shrink_height > 2 * shrink_width
-
-
-def _round_to_8_bits(x: torch.Tensor) -> torch.Tensor:
-    """Pillow's rounding after each pass: to the nearest integer (halves up), clipped to 0..255."""
-    return x.add_(0.5).floor_().clamp_(0, 255)
-
-
-def resize_crop(batch: torch.Tensor, size: int, plan: tuple[int, int, int, int]) -> torch.Tensor:
-    """uint8 or float [N, 3, H, W] of one size -> float [N, 3, size, size] holding 8-bit values, as Pillow's
-    resize(BICUBIC) and torchvision's CenterCrop make them."""
-    new_width, new_height, top, left = plan
-    x = batch.float()
-    height, width = x.shape[-2:]
-    passes = [(height, new_width), (new_height, new_width)]
-    if vertical_pass_first(width, height, new_width, new_height):
-        passes = [(new_height, width), (new_height, new_width)]
-    if (new_width, new_height) != (width, height):  # torchvision leaves an image of the right size untouched
-        for target in passes:
-            if target != tuple(x.shape[-2:]):
-                x = _round_to_8_bits(F.interpolate(x, size=target, mode="bicubic", antialias=True,
-                                                   align_corners=False))
-    return x[:, :, top:top + size, left:left + size]
-
-
 class Normalizer:
     """CLIP's (x / 255 - mean) / std with the very float32 operations of the CPU path's table, so equal
     8-bit values give bit-identical pixels on either path."""
@@ -185,7 +149,7 @@ class BatchPreprocessor:
                  decoder: Decoder | None = None, preprocessing: Preprocessing = OPENAI_PREPROCESSING):
         self.size, self.device, self.dtype = size, device, dtype
         self.preprocessing = replace(preprocessing, mean=tuple(mean), std=tuple(std))
-        gpu_decode = gpu_decode and self.preprocessing.interpolation == "bicubic"
+        gpu_decode = gpu_decode and self.preprocessing.interpolation in FILTERS
         self.gpu_decode, self.max_pixels, self.max_bytes, self.fast_jpeg = gpu_decode, max_pixels, max_bytes, fast_jpeg
         self.map_images = map_images  # decodes the CPU path's images (a thread pool's map: Pillow releases the GIL)
         self._cpu_job = ThreadPoolExecutor(1, thread_name_prefix="clip-cpu-path")  # runs beside the GPU work
@@ -256,8 +220,9 @@ class BatchPreprocessor:
                     refused += [index for index, _ in members]
                     continue
                 for group in _chunks(members, lambda _: height * width, RESIZE_BUDGET_PIXELS):
-                    values = resize_crop(torch.stack([image for _, image in group]), self.size, plan)
-                    pixels.update(zip((index for index, _ in group), self.normalize(values)))
+                    values = resize_crop(torch.stack([image for _, image in group]), self.size, plan,
+                                         self.preprocessing.interpolation)
+                    pixels.update(zip((index for index, _ in group), self.normalize(values.float())))
         return refused
 
 

@@ -1,0 +1,172 @@
+"""Pillow's resize and CenterCrop of 8-bit images, bit for bit, as integer matrix products in torch (on the GPU).
+
+Shipped beside the GPU target's clip_preprocess as `clip_pillow_resize.py`; it needs numpy and torch.
+
+What Pillow computes (src/libImaging/Resample.c): a resize is one or two separable passes. For each output
+position a pass takes filter weights computed in double precision, normalized to sum 1 and rounded to fixed
+point with 22 fractional bits; each output value is the integer sum of input value x weight, plus one half,
+shifted right by 22 bits and clipped to 0..255. So a pass is a product of the pixels with an integer matrix,
+then that rounding. Here the matrix is built by the same double-precision steps in the same order, and the
+product is computed exactly, so every output value is Pillow's own:
+- on CUDA with int8 tensor cores (`torch._int_mm`): a pixel p enters as p - 128 (int8); each weight is split
+  into three signed base-256 digits, whose three matrices go side by side in one product with int32
+  accumulation (each sum is at most 128 x 128 x taps, far below 2**31); the parts are recombined in int64,
+  adding back 128 x the column sums of the weights;
+- elsewhere in float64, where every product and sum of these integers is exact (all below 2**53).
+
+Only the outputs that survive the center crop are computed (a pass works on each row or column alone), and a
+dimension whose size does not change is not resampled (Pillow skips that pass; torchvision's Resize leaves
+an image of the right size untouched). Pillow 13 runs the vertical pass first when the height shrinks by
+more than twice as many pixels as the width; the installed Pillow's rule is followed.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import numpy as np
+import PIL
+import torch
+from torch.nn import functional as F
+
+PRECISION_BITS = 22  # Resample.c: 32 - 8 - 2 (two bits of headroom for the filter's negative lobes)
+_PILLOW_MAJOR = int(PIL.__version__.split(".")[0])
+_CACHED_MATRICES = 128  # per process: one per (input size, output size, crop, filter, device) seen recently
+
+
+def _bicubic(x: np.ndarray) -> np.ndarray:
+    """Pillow's bicubic_filter (a = -0.5), the same double operations in the same order."""
+    a = -0.5
+    x = np.abs(x)
+    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1
+    far = (((x - 5) * x + 8) * x - 4) * a
+    return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
+
+
+def _bilinear(x: np.ndarray) -> np.ndarray:
+    x = np.abs(x)
+    return np.where(x < 1.0, 1.0 - x, 0.0)
+
+
+FILTERS = {"bicubic": (_bicubic, 2.0), "bilinear": (_bilinear, 1.0)}  # filter, support
+
+
+def fixed_point_weights(in_size: int, out_size: int, interpolation: str = "bicubic") -> np.ndarray:
+    """Pillow's 8-bit weights for resizing `in_size` to `out_size` as a dense int64 matrix [out_size, in_size]
+    (precompute_coeffs, then normalize_coeffs_8bpc)."""
+    kernel, filter_support = FILTERS[interpolation]
+    scale = float(np.float32(in_size)) / out_size  # (double)(in1 - in0) / outSize, the box in float
+    filterscale = max(scale, 1.0)
+    support = filter_support * filterscale
+    ksize = int(math.ceil(support)) * 2 + 1
+    center = 0.0 + (np.arange(out_size) + 0.5) * scale
+    xmin = np.maximum(np.trunc(center - support + 0.5).astype(np.int64), 0)  # C's (int): toward zero
+    xmax = np.minimum(np.trunc(center + support + 0.5).astype(np.int64), in_size) - xmin
+    taps = np.arange(ksize)
+    inside = taps[None, :] < xmax[:, None]
+    weights = np.where(inside, kernel(((taps[None, :] + xmin[:, None]) - center[:, None] + 0.5) * (1.0 / filterscale)),
+                       0.0)
+    total = np.cumsum(weights, axis=1)[:, -1:]  # summed in order, as Pillow's loop does (np.sum pairs them)
+    weights = np.divide(weights, total, out=weights.copy(), where=total != 0.0)
+    scaled = weights * (1 << PRECISION_BITS)
+    fixed = np.trunc(np.where(weights < 0, -0.5 + scaled, 0.5 + scaled)).astype(np.int64)
+    dense = np.zeros((out_size, in_size), np.int64)
+    rows, columns = np.nonzero(inside)
+    dense[rows, xmin[rows] + columns] = fixed[rows, columns]
+    return dense
+
+
+class PassMatrix:
+    """One pass's weights for the outputs `first` .. `first + count` on `device`, ready for exact products."""
+
+    def __init__(self, weights: np.ndarray, device: torch.device, method: str | None = None):
+        self.in_size, self.count = weights.shape[1], weights.shape[0]
+        self.method = method or ("int8" if device.type == "cuda" else "float64")
+        if self.method == "float64":
+            self.matrix = torch.from_numpy(weights.T.astype(np.float64)).to(device)
+            return
+        # torch._int_mm on CUDA wants more than 16 rows, an inner size of at least 16 in multiples of 8 and an
+        # output count in multiples of 8; the padding weighs zero. Three digits d0 + 256 d1 + 65536 d2, each
+        # in -128..127 (|weight| < 2**23).
+        self.padded_in, self.padded_count = max(16, -(-self.in_size // 8) * 8), -(-self.count // 8) * 8
+        digits, rest = [], weights
+        for _ in range(3):
+            digit = (rest + 128) % 256 - 128
+            digits.append(digit)
+            rest = (rest - digit) // 256
+        if np.any(rest != 0):
+            raise ValueError("a fixed-point weight does not fit in three int8 digits")
+        stacked = np.zeros((3 * self.padded_count, self.padded_in), np.int8)  # [outputs, inputs]: column-major B
+        for index, digit in enumerate(digits):
+            stacked[index * self.padded_count:index * self.padded_count + self.count, :self.in_size] = digit
+        self.matrix = torch.from_numpy(stacked).to(device).t()
+        self.offset = torch.from_numpy(128 * weights.sum(axis=1)).to(device)  # p = (p - 128) + 128
+
+    def sums(self, values: torch.Tensor) -> torch.Tensor:
+        """uint8 [..., in_size] -> int64 [..., count]: sum of value x weight for each output, exactly."""
+        lead = values.shape[:-1]
+        if self.method == "float64":
+            return torch.matmul(values.double(), self.matrix).to(torch.int64)
+        rows = math.prod(lead)
+        signed = torch.empty((max(rows, 17), self.padded_in), dtype=torch.uint8, device=values.device)
+        # p ^ 128 read as int8 is p - 128; the padding columns meet zero weights, whatever they hold
+        torch.bitwise_xor(values, 128, out=signed[:rows, :self.in_size].view(*lead, self.in_size))
+        parts = torch._int_mm(signed.view(torch.int8), self.matrix)[:rows]
+        n, c = self.padded_count, self.count
+        total = parts[:, 2 * n:2 * n + c].to(torch.int64).mul_(256).add_(parts[:, n:n + c]).mul_(256)
+        total.add_(parts[:, :c]).add_(self.offset)
+        return total.view(*lead, c)
+
+
+_matrices: "OrderedDict[tuple, PassMatrix]" = OrderedDict()
+
+
+def pass_matrix(in_size: int, out_size: int, first: int, count: int, interpolation: str, device: torch.device,
+                method: str | None = None) -> PassMatrix:
+    """The weights of outputs first .. first + count of resizing `in_size` to `out_size`, cached."""
+    key = (in_size, out_size, first, count, interpolation, str(device), method)
+    matrix = _matrices.pop(key, None)
+    if matrix is None:
+        weights = fixed_point_weights(in_size, out_size, interpolation)[first:first + count]
+        matrix = PassMatrix(weights, device, method)
+    _matrices[key] = matrix
+    while len(_matrices) > _CACHED_MATRICES:
+        _matrices.popitem(last=False)
+    return matrix
+
+
+def _resample_last_axis(values: torch.Tensor, matrix: PassMatrix) -> torch.Tensor:
+    sums = matrix.sums(values)
+    return sums.add_(1 << (PRECISION_BITS - 1)).bitwise_right_shift_(PRECISION_BITS).clamp_(0, 255).to(torch.uint8)
+
+
+def vertical_pass_first(width: int, height: int, new_width: int, new_height: int) -> bool:
+    """Pillow's pass order: horizontal first, except (since Pillow 13) when the height shrinks by more than
+    twice as many pixels as the width does (src/libImaging/Resample.c, ImagingResampleInner)."""
+    shrink_height, shrink_width = height - new_height, width - new_width
+    return _PILLOW_MAJOR >= 13 and shrink_height > 0 and shrink_height > 2 * shrink_width
+
+
+def resize_crop(batch: torch.Tensor, size: int, plan: tuple[int, int, int, int], interpolation: str = "bicubic",
+                method: str | None = None) -> torch.Tensor:
+    """uint8 [N, C, H, W] of one size -> uint8 [N, C, size, size]: Pillow's resize to the plan's size (its
+    filter), then the plan's crop. `method`: "int8" or "float64" (default: int8 on CUDA, float64 elsewhere)."""
+    new_width, new_height, top, left = plan
+    height, width = batch.shape[-2:]
+    x = batch
+
+    def horizontal(x: torch.Tensor) -> torch.Tensor:
+        if new_width == width:
+            return x[..., left:left + size]
+        return _resample_last_axis(x, pass_matrix(width, new_width, left, size, interpolation, x.device, method))
+
+    def vertical(x: torch.Tensor) -> torch.Tensor:
+        if new_height == height:
+            return x[..., top:top + size, :]
+        matrix = pass_matrix(height, new_height, top, size, interpolation, x.device, method)
+        return _resample_last_axis(x.transpose(-1, -2), matrix).transpose(-1, -2)
+
+    passes = (vertical, horizontal) if vertical_pass_first(width, height, new_width, new_height) else (horizontal, vertical)
+    for resample in passes:
+        x = resample(x)
+    return x
