@@ -89,9 +89,10 @@ def test_the_int8_digits_carry_weights_of_any_sign_and_size(pillow_resize) -> No
     pixels = torch.from_numpy(generator.integers(0, 256, size=(2, 5, 37), dtype=np.uint8))  # 10 rows: padded
     expected = pixels.numpy().astype(np.int64) @ weights.T
     for method in ("int8", "float64"):
-        sums = resize.PassMatrix(weights, torch.device("cpu"), method).sums(pixels)
+        sums = resize.PassMatrix(resize.Taps.from_matrix(weights), torch.device("cpu"), method).sums(pixels)
         assert sums.dtype == torch.int64 and np.array_equal(sums.numpy(), expected), method
-        transposed = resize.PassMatrix(weights, torch.device("cpu"), method).sums(pixels.transpose(0, 1))
+        transposed = resize.PassMatrix(resize.Taps.from_matrix(weights), torch.device("cpu"), method) \
+            .sums(pixels.transpose(0, 1))
         assert np.array_equal(transposed.numpy(), expected.transpose(1, 0, 2)), f"{method}, strided input"
 
 
@@ -175,3 +176,16 @@ def test_a_checkpoints_own_preprocessing_is_followed_on_the_gpu_path(gpu_transfo
         expected, _ = gpu_transform.preprocess_batch(photos, 224, preprocessing=settings)
         assert sorted(decoded) == sorted(photos), settings
         assert not errors and np.array_equal(pixels.numpy(), expected), settings
+
+
+def test_pass_matrices_are_reused_and_the_oldest_go_beyond_the_byte_budget(pillow_resize, monkeypatch) -> None:
+    monkeypatch.setattr(pillow_resize, "_matrices", type(pillow_resize._matrices)())
+    cpu = torch.device("cpu")
+    first = pillow_resize.pass_matrix(640, 298, 37, 224, "bicubic", cpu)
+    assert pillow_resize.pass_matrix(640, 298, 37, 224, "bicubic", cpu) is first
+    monkeypatch.setattr(pillow_resize, "_CACHE_BYTES", 2 * first.nbytes)  # room for two of these
+    second = pillow_resize.pass_matrix(640, 298, 36, 224, "bicubic", cpu)
+    pillow_resize.pass_matrix(640, 298, 37, 224, "bicubic", cpu)  # used again: now the newest
+    pillow_resize.pass_matrix(640, 298, 38, 224, "bicubic", cpu)  # over budget: the oldest (36) goes
+    assert pillow_resize.pass_matrix(640, 298, 37, 224, "bicubic", cpu) is first
+    assert pillow_resize.pass_matrix(640, 298, 36, 224, "bicubic", cpu) is not second
