@@ -122,6 +122,7 @@ def test_the_gpu_resize_is_pillows_bit_for_bit_on_cuda(tmp_path: Path, interpola
 
     shipped_gpu_transform(tmp_path)
     resize = sys.modules["clip_pillow_resize"]
+    assert resize.exact_method(torch.device("cuda")) == ("int8", None)  # the self-check passed
     settings = transform.Preprocessing(interpolation=interpolation)
     photos = [Image.open(io.BytesIO(image_bytes(name))).convert("RGB") for name in IMAGE_NAMES]
     photos.append(photos[0].resize(PHONE_SIZE, Image.BICUBIC))

@@ -189,3 +189,20 @@ def test_pass_matrices_are_reused_and_the_oldest_go_beyond_the_byte_budget(pillo
     pillow_resize.pass_matrix(640, 298, 38, 224, "bicubic", cpu)  # over budget: the oldest (36) goes
     assert pillow_resize.pass_matrix(640, 298, 37, 224, "bicubic", cpu) is first
     assert pillow_resize.pass_matrix(640, 298, 36, 224, "bicubic", cpu) is not second
+
+
+def test_the_int8_products_are_checked_before_they_are_trusted(pillow_resize, monkeypatch) -> None:
+    """Where int8 products run (CUDA), a self-check against the exact sums decides; on failure or any wrong sum
+    the resize uses float64 products (exact too) and says why."""
+    cpu = torch.device("cpu")
+    assert pillow_resize.int8_self_check(cpu) is None  # the same products, on this CPU, agree
+    assert pillow_resize.exact_method(cpu) == ("float64", None)
+    real = torch._int_mm
+    monkeypatch.setattr(torch, "_int_mm", lambda a, b: real(a, b) + 1)
+    assert pillow_resize.int8_self_check(cpu) == "torch._int_mm gave other sums than the exact ones"
+
+    def unsupported(a, b):
+        raise RuntimeError("CUBLAS_STATUS_NOT_SUPPORTED")
+
+    monkeypatch.setattr(torch, "_int_mm", unsupported)
+    assert "CUBLAS_STATUS_NOT_SUPPORTED" in pillow_resize.int8_self_check(cpu)

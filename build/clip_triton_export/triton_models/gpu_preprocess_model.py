@@ -21,6 +21,7 @@ from clip_batching import draining, gather_images, refuse_while_draining, respon
 from clip_contract import PIXELS_TENSOR  # noqa: E402  (likewise)
 from clip_executing_gauge import ExecutingGauge  # noqa: E402  (likewise)
 from clip_gpu_transform import BatchPreprocessor  # noqa: E402  (likewise)
+from clip_pillow_resize import exact_method  # noqa: E402  (likewise)
 from clip_transform import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, Preprocessing  # noqa: E402
 
 _DTYPES = {"TYPE_FP16": torch.float16, "TYPE_FP32": torch.float32}
@@ -46,6 +47,9 @@ class TritonPythonModel:
             max_pixels=int(parameters.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)),
             max_bytes=int(parameters.get("max_image_bytes", DEFAULT_MAX_IMAGE_BYTES)),
             fast_jpeg=parameters.get("fast_jpeg_decode", "false") == "true", map_images=self.pool.map)
+        _, why_not_int8 = exact_method(device)
+        if why_not_int8:
+            pb_utils.Logger.log_warn(f"clip_preprocess: the GPU resize uses float64 products ({why_not_int8})")
         self.executing = ExecutingGauge(args)  # read by `clip-triton serve` to drain before stopping
 
     def execute(self, requests):

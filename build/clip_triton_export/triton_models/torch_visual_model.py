@@ -10,6 +10,7 @@ the config's `cuda_graph_batch_sizes` replay CUDA graphs captured at start (clip
 import json
 import os
 import sys
+import traceback
 
 import torch
 import triton_python_backend_utils as pb_utils
@@ -66,9 +67,13 @@ class TritonPythonModel:
             with torch.inference_mode():
                 # batches beyond the graphs run optimized
                 graphed = GraphedBatches(unoptimized, image, sizes, cuda_graph_capture(), eager=self.module)
-        except Exception as error:  # noqa: BLE001 - serving eagerly is slower, not wrong
-            pb_utils.Logger.log_warn(f"clip_visual: CUDA graphs not captured, every batch runs eagerly: {error!r}")
+        except Exception:  # noqa: BLE001 - serving eagerly is slower, not wrong
+            # torch.cuda.graph leaves its capture stream current when the capture fails: back to the default.
+            torch.cuda.set_stream(torch.cuda.default_stream(self.device))
             torch.cuda.synchronize(self.device)
+            # The whole chain: the error that broke the capture is the context of the one capture_end raises.
+            pb_utils.Logger.log_warn("clip_visual: CUDA graphs not captured, every batch runs eagerly (set "
+                                     "cuda_graph_batch_sizes to \"\" to skip the attempt):\n" + traceback.format_exc())
             return self.module
         pb_utils.Logger.log_info(f"clip_visual: CUDA graphs captured for batch sizes {list(graphed.sizes)}")
         return graphed

@@ -110,7 +110,7 @@ class PassMatrix:
 
     def __init__(self, taps: Taps, device: torch.device, method: str | None = None):
         self.in_size, self.count = taps.in_size, taps.count
-        self.method = method or ("int8" if device.type == "cuda" else "float64")
+        self.method = method or exact_method(device)[0]
         values = taps.fixed[taps.rows, taps.taps]
         if self.method == "float64":
             matrix = np.zeros((self.in_size, self.count), np.float64)
@@ -118,9 +118,10 @@ class PassMatrix:
             self.matrix = torch.from_numpy(matrix).to(device)
             return
         # torch._int_mm on CUDA wants more than 16 rows, an inner size of at least 16 in multiples of 8 and an
-        # output count in multiples of 8; the padding weighs zero. Three digits d0 + 256 d1 + 65536 d2, each
-        # in -128..127 (|weight| < 2**23).
-        self.padded_in, self.padded_count = max(16, -(-self.in_size // 8) * 8), -(-self.count // 8) * 8
+        # output count in multiples of 8; the inner size is padded to a multiple of 16 so that every row
+        # starts 16-byte aligned. The padding weighs zero. Three digits d0 + 256 d1 + 65536 d2, each in
+        # -128..127 (|weight| < 2**23).
+        self.padded_in, self.padded_count = -(-self.in_size // 16) * 16, -(-self.count // 8) * 8
         stacked = np.zeros((3 * self.padded_count, self.padded_in), np.int8)  # [outputs, inputs]: column-major B
         rest = values
         for index in range(3):
@@ -150,6 +151,35 @@ class PassMatrix:
         total = parts[:, 2 * n:2 * n + c].to(torch.int64).mul_(256).add_(parts[:, n:n + c]).mul_(256)
         total.add_(parts[:, :c]).add_(self.offset)
         return total.view(*lead, c)
+
+
+def int8_self_check(device: torch.device) -> str | None:
+    """Why the int8 products cannot be trusted on `device` (they fail, or differ from the exact sums on random
+    weights and pixels), or None when they agree."""
+    generator = np.random.default_rng(0)
+    weights = generator.integers(-(2 ** 22), 2 ** 22, size=(24, 40))
+    pixels = generator.integers(0, 256, size=(3, 7, 40), dtype=np.uint8)
+    try:
+        sums = PassMatrix(Taps.from_matrix(weights), device, "int8").sums(torch.from_numpy(pixels).to(device))
+    except Exception as error:  # noqa: BLE001 - whatever the library says is the reason
+        return f"torch._int_mm failed: {error!r}"
+    if not np.array_equal(sums.cpu().numpy(), pixels.astype(np.int64) @ weights.T):
+        return "torch._int_mm gave other sums than the exact ones"
+    return None
+
+
+_methods: dict[str, tuple[str, str | None]] = {}
+
+
+def exact_method(device: torch.device) -> tuple[str, str | None]:
+    """(method, why not int8) for `device`: int8 on CUDA where its self-check passes (checked once per device),
+    float64 otherwise (exact too, slower on a GPU)."""
+    if device.type != "cuda":
+        return "float64", None
+    if str(device) not in _methods:
+        reason = int8_self_check(device)
+        _methods[str(device)] = ("float64", reason) if reason else ("int8", None)
+    return _methods[str(device)]
 
 
 _matrices: "OrderedDict[tuple, PassMatrix]" = OrderedDict()
