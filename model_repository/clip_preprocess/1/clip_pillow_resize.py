@@ -28,7 +28,6 @@ from collections import OrderedDict
 import numpy as np
 import PIL
 import torch
-from torch.nn import functional as F
 
 PRECISION_BITS = 22  # Resample.c: 32 - 8 - 2 (two bits of headroom for the filter's negative lobes)
 _PILLOW_MAJOR = int(PIL.__version__.split(".")[0])

@@ -19,7 +19,7 @@ kernels, which is all a graph replays anyway (the eager batches stay optimized).
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -37,7 +37,7 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
     return tuple(sorted(sizes - {0}))
 
 
-def cuda_graph_capture(pool: Optional[tuple] = None) -> Capture:
+def cuda_graph_capture(pool: tuple | None = None) -> Capture:
     """Captures on a side stream after a few warm-up runs there; every graph of one runner shares `pool`
     (they never run at once, so the smaller ones reuse the largest one's memory)."""
     pool = pool if pool is not None else torch.cuda.graph_pool_handle()
