@@ -35,6 +35,7 @@ VARIANTS = {  # --variants name: (overrides of the GPU target's defaults, levels
     "preprocess-1": ({"preprocess_instances": 1}, HIGH_LEVELS),
     "preprocess-3": ({"preprocess_instances": 3}, HIGH_LEVELS),
     "preprocess-4": ({"preprocess_instances": 4}, HIGH_LEVELS),
+    "preprocess-6": ({"preprocess_instances": 6}, HIGH_LEVELS),
     "no-cuda-graphs": ({"cuda_graph_batch_sizes": ()}, {"small": "1x1,64x1:4", "phone": "1x1"}),
 }
 
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         preprocessor.close()
         for name, images in sets.items():
             batch = 256 if name == "small" else 64
-            for processes in (2, 4):
+            for processes in (2, 4, 8):  # torchvision holds one nvJPEG decoder per process
                 scaled = gpu_inprocess.nvjpeg_in_processes(images, batch, processes, args.seconds)
                 measured[f"nvjpeg_{name}_{processes}_processes"] = scaled
                 say(f"  {name}: nvJPEG in {processes} processes at once: {scaled['images_per_s']:.0f} images/s")

@@ -124,7 +124,8 @@ def markdown(results: dict) -> str:
     if decoding:
         lines += ["", "## Decoding alone", "", "| measured | small JPEGs | 12 MP JPEGs |", "|---|---|---|"]
         labels = {"nvjpeg": "nvJPEG, one process", "nvjpeg_2_processes": "nvJPEG, 2 processes at once (sum)",
-                  "nvjpeg_4_processes": "nvJPEG, 4 processes at once (sum)", "transform": "the whole GPU transform",
+                  "nvjpeg_4_processes": "nvJPEG, 4 processes at once (sum)",
+                  "nvjpeg_8_processes": "nvJPEG, 8 processes at once (sum)", "transform": "the whole GPU transform",
                   "libjpeg": "libjpeg (Pillow), every CPU thread"}
         for key, label in labels.items():
             cells = [_number(_ips(decoding.get(f"{key.split('_')[0]}_{name}{key[len(key.split('_')[0]):]}")))
