@@ -53,12 +53,15 @@ def test_exact_path_images_give_openais_features_within_fp16(gpu_target_server) 
     assert cosine(features, expected).min() >= 0.9999
 
 
-def test_jpegs_on_the_gpu_path_stay_within_cosine_0999_of_the_exact_path(gpu_target_server) -> None:
+def test_jpegs_on_the_gpu_path_get_the_exact_paths_features_when_decoded_alike(gpu_target_server) -> None:
+    """Here Pillow stands in for nvJPEG, so the GPU path's resize (Pillow's, bit for bit) and normalization give
+    the exact path's pixels and the same features, to the last bit. On a GPU, nvJPEG's decoding differs a
+    little from libjpeg's: `make test-gpu` holds it to cosine 0.999."""
     photos = jpeg_photos()
     with ClipClient(gpu_target_server.grpc_url) as client:
         served = client.encode(list(photos.values()))
         exact = client.encode_pixels(np.stack([preprocess(data, 224) for data in photos.values()]))
-    assert cosine(served, exact).min() >= 0.999
+    assert np.array_equal(served, exact), cosine(served, exact)
 
 
 def test_bad_images_are_refused_alone_on_the_gpu_path(gpu_target_server) -> None:
