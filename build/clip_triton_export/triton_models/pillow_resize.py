@@ -55,8 +55,8 @@ FILTERS = {"bicubic": (_bicubic, 2.0), "bilinear": (_bilinear, 1.0)}  # filter, 
 
 class Taps:
     """Pillow's 8-bit weights for outputs `first` .. `first + count` of resizing `in_size` to `out_size`
-    (precompute_coeffs, then normalize_coeffs_8bpc), compactly: output i weighs inputs start[i] + j by
-    fixed[i, j] (zero beyond its window)."""
+    (precompute_coeffs, then normalize_coeffs_8bpc), compactly: `fixed[i, j]` is output i's j-th tap, and
+    (`rows`, `taps`, `columns`) list every tap inside a window with the input it weighs."""
 
     def __init__(self, in_size: int, out_size: int, first: int, count: int, interpolation: str = "bicubic"):
         kernel, filter_support = FILTERS[interpolation]
@@ -75,7 +75,7 @@ class Taps:
         weights = np.divide(weights, total, out=weights.copy(), where=total != 0.0)
         scaled = weights * (1 << PRECISION_BITS)
         self.fixed = np.where(inside, np.trunc(np.where(weights < 0, -0.5 + scaled, 0.5 + scaled)), 0).astype(np.int64)
-        self.in_size, self.count, self.start = in_size, count, start
+        self.in_size, self.count = in_size, count
         self.rows, self.taps = np.nonzero(inside)
         self.columns = start[self.rows] + self.taps
 
@@ -84,22 +84,10 @@ class Taps:
         """Any integer weights [count, in_size] (|weight| < 2**23) in this form: to check the products alone."""
         taps = cls.__new__(cls)
         taps.count, taps.in_size = matrix.shape
-        taps.start = np.zeros(taps.count, np.int64)
         taps.fixed = matrix.astype(np.int64)
         taps.rows, taps.taps = np.nonzero(np.ones_like(matrix, dtype=bool))
         taps.columns = taps.taps
         return taps
-
-    def dense(self) -> np.ndarray:
-        """The weights as an int64 matrix [count, in_size]."""
-        matrix = np.zeros((self.count, self.in_size), np.int64)
-        matrix[self.rows, self.columns] = self.fixed[self.rows, self.taps]
-        return matrix
-
-
-def fixed_point_weights(in_size: int, out_size: int, interpolation: str = "bicubic") -> np.ndarray:
-    """Pillow's 8-bit weights for resizing `in_size` to `out_size`, as a dense int64 matrix [out_size, in_size]."""
-    return Taps(in_size, out_size, 0, out_size, interpolation).dense()
 
 
 class PassMatrix:
