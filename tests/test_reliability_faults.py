@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -170,3 +171,31 @@ def test_shared_memory_left_by_a_killed_server_is_found_and_a_mapped_one_is_not(
     finally:
         for path in (orphan, mapped, fresh):
             path.unlink(missing_ok=True)
+
+
+def fake_stub(folder: Path, server_pid: int) -> subprocess.Popen:
+    """A process that looks like a Python-backend stub serving `server_pid` (sleep, under the stub's name,
+    with the stub's argument layout: the server's pid 6th, the instance 9th)."""
+    binary = folder / "triton_python_backend_stub"
+    if not binary.exists():
+        shutil.copy(shutil.which("sleep"), binary)
+    return subprocess.Popen([str(binary), "600", "0", "0", "0", str(server_pid), "0", "0", "7"])
+
+
+def test_backend_stubs_whose_server_is_gone_are_stopped_by_the_next_start(tmp_path: Path, vit_repository: Path) -> None:
+    """A stub re-parented away from the server it names (its server was SIGKILLed) is an orphan; a stub whose
+    parent is the server it names is not. The next server's start stops the orphans (they can hang for ever,
+    holding their shared memory)."""
+    from clip_triton_serve.procfs import orphaned_backend_stubs
+
+    orphan, live = fake_stub(tmp_path, server_pid=1), fake_stub(tmp_path, server_pid=os.getpid())
+    try:
+        found = orphaned_backend_stubs()
+        assert orphan.pid in found and live.pid not in found
+        with running_server(vit_repository):
+            assert orphan.poll() == -signal.SIGKILL, "the orphan outlived the next start"
+            assert live.poll() is None, "a stub whose server is alive was stopped"
+    finally:
+        for process in (orphan, live):
+            process.kill()
+            process.wait(10)

@@ -102,6 +102,14 @@ class TritonServer:
         except InstallationError as error:
             raise ServerError(str(error)) from None
         self.drain_file.unlink(missing_ok=True)
+        orphans = procfs.orphaned_backend_stubs()
+        for pid, instance in orphans.items():
+            log.info("stopping backend stub %s (pid %d), left by a tritonserver that was killed", instance, pid)
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 2.0  # gone before their shared memory is looked at
+        while any(procfs.is_running(pid) for pid in orphans) and time.monotonic() < deadline:
+            time.sleep(0.02)
         for path in procfs.orphaned_python_backend_shared_memory():
             log.info("removing %s, left by a tritonserver that was killed", path)
             path.unlink(missing_ok=True)

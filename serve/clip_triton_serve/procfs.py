@@ -54,6 +54,37 @@ def backend_stubs(server_pid: int) -> dict[int, str]:
     return {pid: stub_instance(argv) for pid, argv in child_processes(server_pid).items() if is_backend_stub(argv)}
 
 
+def is_running(pid: int) -> bool:
+    """Whether a process exists and is not a zombie."""
+    try:
+        return _stat_fields(pid)[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def orphaned_backend_stubs() -> dict[int, str]:
+    """This user's Python-backend stubs whose tritonserver is gone: pid -> model instance.
+
+    A stub is started with its server's pid as its 6th argument and is meant to exit when that server dies;
+    after a server is SIGKILLed (its supervisor was), some hang instead (seen: stuck in a futex for 30+
+    minutes, holding their shared memory). Such a stub has been re-parented: its parent is no longer the
+    server it names. A stub of a live server is that server's child, and is never listed.
+    """
+    orphans: dict[int, str] = {}
+    uid = os.getuid()
+    for pid in _pids():
+        try:
+            argv = (PROC / pid / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            if not is_backend_stub(argv) or (PROC / pid).stat().st_uid != uid:
+                continue
+            state, ppid = _stat_fields(pid)[:2]
+            if state != "Z" and len(argv) > 5 and argv[5].isdigit() and int(argv[5]) != int(ppid):
+                orphans[int(pid)] = stub_instance(argv)
+        except (OSError, ValueError, IndexError):
+            continue  # the process ended while we looked
+    return orphans
+
+
 def rss_bytes(pid: int) -> int:
     """Resident memory of one process (0 if it is gone)."""
     try:
