@@ -5,6 +5,8 @@ Servers bind 127.0.0.1 on free ports and are always stopped by PID (SIGTERM, the
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 
 from clip_triton_serve import TritonServer, local_server
+from clip_triton_serve.procfs import orphaned_backend_stubs
 from clip_triton_export.pipeline import export_repository
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +56,15 @@ def golden_checkpoint(checkpoint: str) -> Path:
 def export_golden(directory: Path, checkpoint: str, fmt: str = "onnx", **options) -> Path:
     export_repository(directory, checkpoint=golden_checkpoint(checkpoint), fmt=fmt, target="cpu", **options)
     return directory
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_stub_outlives_the_session() -> Iterator[None]:
+    """Tests that SIGKILL a server's supervisor leave its Python-backend stubs to exit by themselves, and some
+    hang instead; a later start stops them (test_reliability_faults.py), and so does the end of the session."""
+    yield
+    for pid in orphaned_backend_stubs():
+        os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="session")
