@@ -4,6 +4,7 @@ Servers bind 127.0.0.1 on free ports and are always stopped by PID (SIGTERM, the
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -64,7 +65,8 @@ def no_stub_outlives_the_session() -> Iterator[None]:
     hang instead; a later start stops them (test_reliability_faults.py), and so does the end of the session."""
     yield
     for pid in orphaned_backend_stubs():
-        os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="session")
