@@ -40,8 +40,9 @@ def hf_vision_config(**overrides) -> dict:
 
 
 def save_hf_clip(folder: Path, *, mean=HALF, std=HALF, shortest_edge: int = 112, vision_only: bool = False,
-                 safe: bool = True, seed: int = 0, **vision) -> Path:
-    """CLIPModel (or CLIPVisionModelWithProjection).save_pretrained + CLIPImageProcessor.save_pretrained."""
+                 safe: bool = True, seed: int = 0, max_shard_size: str | None = None, **vision) -> Path:
+    """CLIPModel (or CLIPVisionModelWithProjection).save_pretrained + CLIPImageProcessor.save_pretrained
+    (`max_shard_size`: weights in shards with an index, as large checkpoints come)."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     torch.manual_seed(seed)
@@ -54,7 +55,8 @@ def save_hf_clip(folder: Path, *, mean=HALF, std=HALF, shortest_edge: int = 112,
         model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision_config,
                                      projection_dim=vision_config["projection_dim"]))
     _perturb(model, seed)
-    model.save_pretrained(folder, safe_serialization=safe)
+    model.save_pretrained(folder, safe_serialization=safe,
+                          **({"max_shard_size": max_shard_size} if max_shard_size else {}))
     size = vision_config["image_size"]
     if mean is not None:
         CLIPImageProcessor(size={"shortest_edge": shortest_edge}, crop_size={"height": size, "width": size},

@@ -47,13 +47,21 @@ def assert_same_as_library(loaded, pixels: np.ndarray, features: np.ndarray) -> 
 
 # -- Hugging Face ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("variant", ["folder", "weights_file", "vision_with_projection", "pytorch_model_bin",
-                                     "quick_gelu_no_preprocessor_config"])
+                                     "quick_gelu_no_preprocessor_config", "sharded_safetensors", "sharded_bin",
+                                     "sharded_index_file"])
 def test_hugging_face_checkpoints_give_transformers_image_features(variant: str, tmp_path: Path) -> None:
     options = {"vision_with_projection": {"vision_only": True}, "pytorch_model_bin": {"safe": False},
-               "quick_gelu_no_preprocessor_config": {"hidden_act": "quick_gelu", "mean": None}}.get(variant, {})
+               "quick_gelu_no_preprocessor_config": {"hidden_act": "quick_gelu", "mean": None},
+               "sharded_safetensors": {"max_shard_size": "60KB"},
+               "sharded_bin": {"max_shard_size": "60KB", "safe": False},
+               "sharded_index_file": {"max_shard_size": "60KB"}}.get(variant, {})
     folder = save_hf_clip(tmp_path / "clip-hf", **options)
+    if variant.startswith("sharded"):
+        index = folder / ("pytorch_model.bin.index.json" if variant == "sharded_bin" else "model.safetensors.index.json")
+        assert len(set(json.loads(index.read_text())["weight_map"].values())) > 2, "expected several shards"
     pixels, features = hf_features(folder)
-    target = folder / "model.safetensors" if variant == "weights_file" else folder
+    target = {"weights_file": folder / "model.safetensors",
+              "sharded_index_file": folder / "model.safetensors.index.json"}.get(variant, folder)
     loaded = load_checkpoint(target)
     assert loaded.source == "huggingface:clip-hf" and not loaded.random_weights
     expected_act = "quick_gelu" if variant.startswith("quick_gelu") else "gelu"
@@ -205,6 +213,18 @@ def hf_error_cases():
         "no_weights": (lambda f: ((f / "model.safetensors").unlink(), f)[1], "clip-hf: Hugging Face folder without weights"),
         "not_clip": (lambda f: (_edit_json(f / "config.json", model_type="bert"), f)[1], "model_type 'bert' is not a CLIP model"),
     }
+
+
+def test_a_sharded_checkpoint_missing_a_shard_or_with_a_broken_index_is_refused_in_one_line(tmp_path: Path) -> None:
+    folder = save_hf_clip(tmp_path / "clip-hf", max_shard_size="60KB")
+    index = folder / "model.safetensors.index.json"
+    shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    (folder / shards[1]).unlink()
+    with pytest.raises(CheckpointError, match=f"model.safetensors.index.json: shard {shards[1]} is missing$"):
+        load_checkpoint(folder)
+    index.write_text("{not json")
+    with pytest.raises(CheckpointError, match="model.safetensors.index.json: unreadable shard index"):
+        load_checkpoint(folder)
 
 
 @pytest.mark.parametrize("case", sorted(hf_error_cases()))
