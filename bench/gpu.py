@@ -73,9 +73,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--work-dir", type=Path, default=ROOT / "bench_out" / "gpu")
     parser.add_argument("--report-dir", type=Path, default=ROOT / "bench" / "report" / "gpu")
     args = parser.parse_args(argv)
-    unknown = [name for name in filter(None, (part.strip() for part in args.variants.split(","))) if name not in VARIANTS]
+    args.variants = [part.strip() for part in args.variants.split(",") if part.strip()]
+    unknown = [name for name in args.variants if name not in VARIANTS]
     if unknown:  # before any GPU time is spent
         parser.error(f"unknown --variants {', '.join(map(repr, unknown))}; choose from: {', '.join(VARIANTS)}")
+    if len(set(args.variants)) < len(args.variants):
+        parser.error(f"--variants names a setting twice: {', '.join(args.variants)}")
     return args
 
 
@@ -241,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         from clip_triton_export.repository import RepositoryOptions
 
         measured = {}
-        for name in filter(None, (part.strip() for part in args.variants.split(","))):
+        for name in args.variants:
             overrides, levels = VARIANTS[name]
             folder = work / "variants" / name
             export_repository(folder, RepositoryOptions(target="gpu", **overrides), configs_only=True,

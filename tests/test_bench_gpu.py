@@ -55,7 +55,10 @@ def test_variants_are_checked_before_any_gpu_time_and_reported_with_their_latenc
     with pytest.raises(SystemExit):
         gpu.parse_args(["--variants", "preprocess-3,visual-2"])
     assert "unknown --variants 'visual-2'" in capsys.readouterr().err
-    assert gpu.parse_args(["--variants", "no-cuda-graphs"]).variants == "no-cuda-graphs"
+    with pytest.raises(SystemExit):
+        gpu.parse_args(["--variants", "preprocess-4,preprocess-4"])
+    assert "names a setting twice" in capsys.readouterr().err
+    assert gpu.parse_args(["--variants", "no-cuda-graphs, preprocess-4"]).variants == ["no-cuda-graphs", "preprocess-4"]
     results = {"variants": {"no-cuda-graphs": {"options": {"cuda_graph_batch_sizes": []}, "sweeps": {
         "small": [level(1, 1, 80.0, 12.3), level(64, 1, 1500.0, 41.0)], "phone": [level(1, 1, 40.0, 21.5)]}}}}
     page = gpu_report.markdown(results)

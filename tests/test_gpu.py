@@ -7,9 +7,11 @@ Measured fidelity is written to $CLIP_TRITON_GPU_FIDELITY (a JSON file) when set
 """
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -118,8 +120,6 @@ def test_nvjpeg_pixels_against_the_exact_transforms(tmp_path: Path) -> None:
 def test_the_gpu_resize_is_pillows_bit_for_bit_on_cuda(tmp_path: Path, interpolation: str) -> None:
     """The int8 tensor-core products (torch._int_mm on CUDA) resize Pillow-decoded photos and a 12 MP one to
     Pillow's own pixels: not one value differs (nvJPEG is left out, so only the resize is compared)."""
-    import sys
-
     shipped_gpu_transform(tmp_path)
     resize = sys.modules["clip_pillow_resize"]
     assert resize.exact_method(torch.device("cuda")) == ("int8", None)  # the self-check passed
@@ -168,7 +168,9 @@ def test_encode_pixels_sends_fp16_to_the_gpu_model(served) -> None:
 
 def test_the_visual_model_replays_cuda_graphs_for_small_batches(served) -> None:
     """Every size the config names was captured (0 would mean the capture failed: the server log says why),
-    and a batch of each size around the graphs' gets the features it gets alone."""
+    and through the server a batch of each size around the graphs' gets the features an image gets alone
+    (whether a batch replayed a graph or ran eagerly is not visible from outside; the test below compares the
+    two directly)."""
     arch, _, server = served
     config = text_format.Parse((server.options.repository / contract.VISUAL_MODEL / "config.pbtxt").read_text(),
                                pb.ModelConfig())
@@ -185,9 +187,6 @@ def test_the_visual_model_replays_cuda_graphs_for_small_batches(served) -> None:
 def test_graphs_captured_from_the_fp16_model_compute_what_it_computes(served) -> None:
     """clip_cuda_graphs' real capture (the shipped file, the served fp16 model) against the model run eagerly,
     for batch sizes inside, between and beyond the graphs, with stale rows from earlier batches."""
-    import importlib.util
-    import sys
-
     folder = served[2].options.repository / contract.VISUAL_MODEL / "1"
     spec = importlib.util.spec_from_file_location("clip_cuda_graphs", folder / "clip_cuda_graphs.py")
     graphs = importlib.util.module_from_spec(spec)

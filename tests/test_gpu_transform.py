@@ -64,19 +64,30 @@ def test_only_jpegs_nvjpeg_decodes_like_libjpeg_take_the_gpu_path(gpu_transform)
 def test_the_gpu_resize_gives_pillows_pixels_bit_for_bit(pillow_resize, size: tuple[int, int],
                                                           interpolation: str) -> None:
     """Downscales, upscales, a side already 224, extreme aspect ratios (Pillow 13's vertical-first order), both
-    filters; by the float64 products the CPU runs and by the int8 products CUDA runs (sizes where the CPU's
-    slow int8 products take under a second)."""
+    filters; by the float64 products the CPU runs and by the int8 products CUDA runs (up to 1 MP, where the
+    CPU's slow int8 products take about a second)."""
     resize = pillow_resize
     settings = transform.Preprocessing(interpolation=interpolation)
     photo = Image.open(io.BytesIO(image_bytes("astronaut.png"))).convert("RGB").resize(size, Image.BICUBIC)
     expected = transform.resize_and_crop(photo, 224, preprocessing=settings)
     plan = transform.resize_plan(*size, 224, preprocessing=settings)
     rgb = torch.from_numpy(np.asarray(photo).copy()).permute(2, 0, 1)[None]
-    methods = ["float64"] + (["int8"] if size[0] * size[1] <= 500_000 else [])
+    methods = ["float64"] + (["int8"] if size[0] * size[1] <= 1_000_000 else [])  # the CPU's int8 is slow
     for method in methods:
         actual = resize.resize_crop(rgb, 224, plan, interpolation, method=method)
         assert actual.dtype == torch.uint8
         assert np.array_equal(actual[0].permute(1, 2, 0).numpy(), expected), method
+
+
+def test_float64_products_work_in_slices(pillow_resize, monkeypatch) -> None:
+    """The float64 products go a few MB at a time (a whole batch as float64 would be 8x its bytes): slices
+    that split the rows anywhere give the same sums."""
+    generator = np.random.default_rng(1)
+    weights = generator.integers(-(2 ** 22), 2 ** 22, size=(11, 29))
+    pixels = torch.from_numpy(generator.integers(0, 256, size=(3, 7, 29), dtype=np.uint8))
+    monkeypatch.setattr(pillow_resize, "FLOAT64_SLICE_VALUES", 29 * 4)  # 4 rows a slice: 21 rows in 6 slices
+    sums = pillow_resize.PassMatrix(pillow_resize.Taps.from_matrix(weights), torch.device("cpu"), "float64").sums(pixels)
+    assert np.array_equal(sums.numpy(), pixels.numpy().astype(np.int64) @ weights.T)
 
 
 def test_the_int8_digits_carry_weights_of_any_sign_and_size(pillow_resize) -> None:
@@ -205,3 +216,11 @@ def test_the_int8_products_are_checked_before_they_are_trusted(pillow_resize, mo
 
     monkeypatch.setattr(torch, "_int_mm", unsupported)
     assert "CUBLAS_STATUS_NOT_SUPPORTED" in pillow_resize.int8_self_check(cpu)
+    # On CUDA (a device object is enough to pick the method): the check's verdict, kept per device.
+    monkeypatch.setattr(pillow_resize, "_methods", {})
+    monkeypatch.setattr(pillow_resize, "int8_self_check", lambda device: "torch._int_mm failed: nope")
+    cuda = torch.device("cuda", 0)
+    assert pillow_resize.exact_method(cuda) == ("float64", "torch._int_mm failed: nope")
+    monkeypatch.setattr(pillow_resize, "int8_self_check", lambda device: None)
+    assert pillow_resize.exact_method(cuda)[0] == "float64", "decided once per device"
+    assert pillow_resize.exact_method(torch.device("cuda", 1)) == ("int8", None)

@@ -183,19 +183,23 @@ def fake_stub(folder: Path, server_pid: int) -> subprocess.Popen:
 
 
 def test_backend_stubs_whose_server_is_gone_are_stopped_by_the_next_start(tmp_path: Path, vit_repository: Path) -> None:
-    """A stub re-parented away from the server it names (its server was SIGKILLed) is an orphan; a stub whose
-    parent is the server it names is not. The next server's start stops the orphans (they can hang for ever,
+    """A stub re-parented away from the server it names, which no longer runs (it was SIGKILLed), is an orphan;
+    a stub whose parent is the server it names is not. The next server's start stops the orphans (they can hang for ever,
     holding their shared memory)."""
     from clip_triton_serve.procfs import orphaned_backend_stubs
 
-    orphan, live = fake_stub(tmp_path, server_pid=1), fake_stub(tmp_path, server_pid=os.getpid())
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a server pid that no longer runs
+    orphan, live = fake_stub(tmp_path, server_pid=gone.pid), fake_stub(tmp_path, server_pid=os.getpid())
+    # names a running process that is not its parent (as a container's stub names its namespace's pids)
+    elsewhere = fake_stub(tmp_path, server_pid=1)
     try:
         found = orphaned_backend_stubs()
-        assert orphan.pid in found and live.pid not in found
+        assert orphan.pid in found and live.pid not in found and elsewhere.pid not in found
         with running_server(vit_repository):
             assert orphan.poll() == -signal.SIGKILL, "the orphan outlived the next start"
-            assert live.poll() is None, "a stub whose server is alive was stopped"
+            assert live.poll() is None and elsewhere.poll() is None, "a stub whose server is alive was stopped"
     finally:
-        for process in (orphan, live):
+        for process in (orphan, live, elsewhere):
             process.kill()
             process.wait(10)

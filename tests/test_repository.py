@@ -117,6 +117,7 @@ def test_each_target_has_its_own_defaults() -> None:
     ({"target": "gpu", "fmt": "onnx", "precision": "fp16", "visual_backend": "native"}, "--precision fp16"),
     ({"target": "gpu", "precision": "int8", "fmt": "torchscript"}, "made from the ONNX export"),
     ({"visual_backend": "tensorrt"}, "unknown visual backend"),
+    ({"target": "gpu", "cuda_graph_batch_sizes": (1, 0, 8)}, "CUDA graph batch sizes must be positive"),
     ({"max_batch_size": 64, "composing_max_batch_size": 32}, "at least max_batch_size"),
 ])
 def test_combinations_that_cannot_work_are_refused(options: dict, message: str) -> None:

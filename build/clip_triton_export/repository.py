@@ -126,6 +126,8 @@ class RepositoryOptions:
             raise ValueError(f"unknown format {self.fmt!r}; choose one of: {', '.join(FORMATS)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
+        if any(not isinstance(size, int) or size < 1 for size in self.cuda_graph_batch_sizes):
+            raise ValueError(f"CUDA graph batch sizes must be positive integers, got {self.cuda_graph_batch_sizes!r}")
         if self.visual_backend not in VISUAL_BACKENDS:
             raise ValueError(f"unknown visual backend {self.visual_backend!r}; choose one of: {', '.join(VISUAL_BACKENDS)}")
         if self.precision in OPENVINO_PRECISIONS and self.fmt != "onnx":

@@ -52,6 +52,19 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def stop_orphaned_backend_stubs(timeout_s: float = 2.0) -> None:
+    """SIGKILL the Python-backend stubs left by a tritonserver that was killed (procfs says which), and wait
+    until they are gone, so that the shared memory they held is free."""
+    orphans = procfs.orphaned_backend_stubs()
+    for pid, instance in orphans.items():
+        log.info("stopping backend stub %s (pid %d), left by a tritonserver that was killed", instance, pid)
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout_s
+    while any(procfs.is_running(pid) for pid in orphans) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 class TritonServer:
     """A tritonserver process: start, wait until ready, stop (drain, SIGTERM, then SIGKILL) by PID.
 
@@ -102,14 +115,7 @@ class TritonServer:
         except InstallationError as error:
             raise ServerError(str(error)) from None
         self.drain_file.unlink(missing_ok=True)
-        orphans = procfs.orphaned_backend_stubs()
-        for pid, instance in orphans.items():
-            log.info("stopping backend stub %s (pid %d), left by a tritonserver that was killed", instance, pid)
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 2.0  # gone before their shared memory is looked at
-        while any(procfs.is_running(pid) for pid in orphans) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        stop_orphaned_backend_stubs()  # before their shared memory is looked at
         for path in procfs.orphaned_python_backend_shared_memory():
             log.info("removing %s, left by a tritonserver that was killed", path)
             path.unlink(missing_ok=True)

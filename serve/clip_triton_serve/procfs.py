@@ -67,22 +67,28 @@ def orphaned_backend_stubs() -> dict[int, str]:
 
     A stub is started with its server's pid as its 6th argument and is meant to exit when that server dies;
     after a server is SIGKILLed (its supervisor was), some hang instead (seen: stuck in a futex for 30+
-    minutes, holding their shared memory). Such a stub has been re-parented: its parent is no longer the
-    server it names. A stub of a live server is that server's child, and is never listed.
+    minutes, holding their shared memory). Such a stub has been re-parented and the server it names is no
+    longer running. Only stubs in our own pid namespace are judged (a container's stubs name pids of its
+    namespace), so a live server's stubs, here or in a container, are never listed.
     """
     orphans: dict[int, str] = {}
-    uid = os.getuid()
+    uid, namespace = os.getuid(), _pid_namespace("self")
     for pid in _pids():
         try:
             argv = (PROC / pid / "cmdline").read_bytes().decode(errors="replace").split("\0")
-            if not is_backend_stub(argv) or (PROC / pid).stat().st_uid != uid:
+            if not is_backend_stub(argv) or (PROC / pid).stat().st_uid != uid or _pid_namespace(pid) != namespace:
                 continue
             state, ppid = _stat_fields(pid)[:2]
-            if state != "Z" and len(argv) > 5 and argv[5].isdigit() and int(argv[5]) != int(ppid):
+            server = int(argv[5]) if len(argv) > 5 and argv[5].isdigit() else None
+            if state != "Z" and server is not None and server != int(ppid) and not is_running(server):
                 orphans[int(pid)] = stub_instance(argv)
         except (OSError, ValueError, IndexError):
             continue  # the process ended while we looked
     return orphans
+
+
+def _pid_namespace(pid: int | str) -> str:
+    return os.readlink(PROC / str(pid) / "ns" / "pid")
 
 
 def rss_bytes(pid: int) -> int:

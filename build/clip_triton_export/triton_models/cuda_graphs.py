@@ -29,11 +29,11 @@ WARMUP_RUNS = 3  # before each capture: the allocator and cuBLAS settle on what 
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:
-    """"1,2,4" -> (1, 2, 4); "" or "0" -> () (no graphs). Sorted, without repeats."""
+    """"1,2,4" -> (1, 2, 4); "" -> () (no graphs). Sorted, without repeats."""
     sizes = {int(part) for part in text.replace(" ", "").split(",") if part}
-    if any(size < 0 for size in sizes):
+    if any(size < 1 for size in sizes):
         raise ValueError(f"CUDA graph batch sizes must be positive, got {text!r}")
-    return tuple(sorted(sizes - {0}))
+    return tuple(sorted(sizes))
 
 
 def cuda_graph_capture(pool: tuple | None = None) -> Capture:

@@ -33,7 +33,8 @@ from clip_transform import (DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, O
                             MapImages, Preprocessing, check_declared_size, preprocess_batch, resize_plan)
 
 # One decode call and one resize call hold at most this many decoded pixels at a time (bounds GPU memory:
-# 256 MP of RGB bytes is 768 MB; a resize adds one byte-sized copy of its share and small int64 sums).
+# 256 MP of RGB bytes is 768 MB; a resize adds one byte-sized copy of its share, small int64 sums, and with
+# float64 products a float64 copy of a few MB at a time).
 DECODE_BUDGET_PIXELS = 256 * 2**20
 RESIZE_BUDGET_PIXELS = 64 * 2**20
 # The frame markers nvJPEG decodes: baseline, extended sequential and progressive DCT with Huffman coding.

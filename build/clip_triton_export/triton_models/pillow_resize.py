@@ -29,6 +29,7 @@ import PIL
 import torch
 
 PRECISION_BITS = 22  # Resample.c: 32 - 8 - 2 (two bits of headroom for the filter's negative lobes)
+FLOAT64_SLICE_VALUES = 2**22  # input values per float64 product (32 MB as float64)
 _PILLOW_MAJOR = int(PIL.__version__.split(".")[0])
 # Pass matrices kept per process, the most recently used first: one per (input size, output size, crop, filter,
 # device). Building one takes about 0.5 ms of host time (Taps and PassMatrix, measured on our CPU VM); a
@@ -56,7 +57,7 @@ FILTERS = {"bicubic": (_bicubic, 2.0), "bilinear": (_bilinear, 1.0)}  # filter, 
 class Taps:
     """Pillow's 8-bit weights for outputs `first` .. `first + count` of resizing `in_size` to `out_size`
     (precompute_coeffs, then normalize_coeffs_8bpc), compactly: `fixed[i, j]` is output i's j-th tap, and
-    (`rows`, `taps`, `columns`) list every tap inside a window with the input it weighs."""
+    (`rows`, `tap_index`, `columns`) list every tap inside a window with the input it weighs."""
 
     def __init__(self, in_size: int, out_size: int, first: int, count: int, interpolation: str = "bicubic"):
         kernel, filter_support = FILTERS[interpolation]
@@ -76,8 +77,8 @@ class Taps:
         scaled = weights * (1 << PRECISION_BITS)
         self.fixed = np.where(inside, np.trunc(np.where(weights < 0, -0.5 + scaled, 0.5 + scaled)), 0).astype(np.int64)
         self.in_size, self.count = in_size, count
-        self.rows, self.taps = np.nonzero(inside)
-        self.columns = start[self.rows] + self.taps
+        self.rows, self.tap_index = np.nonzero(inside)
+        self.columns = start[self.rows] + self.tap_index
 
     @classmethod
     def from_matrix(cls, matrix: np.ndarray) -> "Taps":
@@ -85,8 +86,8 @@ class Taps:
         taps = cls.__new__(cls)
         taps.count, taps.in_size = matrix.shape
         taps.fixed = matrix.astype(np.int64)
-        taps.rows, taps.taps = np.nonzero(np.ones_like(matrix, dtype=bool))
-        taps.columns = taps.taps
+        taps.rows, taps.tap_index = np.nonzero(np.ones_like(matrix, dtype=bool))
+        taps.columns = taps.tap_index
         return taps
 
 
@@ -97,7 +98,7 @@ class PassMatrix:
     def __init__(self, taps: Taps, device: torch.device, method: str | None = None):
         self.in_size, self.count = taps.in_size, taps.count
         self.method = method or exact_method(device)[0]
-        values = taps.fixed[taps.rows, taps.taps]
+        values = taps.fixed[taps.rows, taps.tap_index]
         if self.method == "float64":
             matrix = np.zeros((self.in_size, self.count), np.float64)
             matrix[taps.columns, taps.rows] = values
@@ -126,17 +127,22 @@ class PassMatrix:
     def sums(self, values: torch.Tensor) -> torch.Tensor:
         """uint8 [..., in_size] -> int64 [..., count]: sum of value x weight for each output, exactly."""
         lead = values.shape[:-1]
-        if self.method == "float64":
-            return torch.matmul(values.double(), self.matrix).to(torch.int64)
         rows = math.prod(lead)
+        if self.method == "float64":  # in slices: a float64 copy of a whole batch would be 8x its bytes
+            flat, sums = values.reshape(rows, self.in_size), torch.empty((rows, self.count), dtype=torch.int64,
+                                                                            device=values.device)
+            step = max(1, FLOAT64_SLICE_VALUES // self.in_size)
+            for start in range(0, rows, step):
+                sums[start:start + step] = torch.matmul(flat[start:start + step].double(), self.matrix)
+            return sums.view(*lead, self.count)
         signed = torch.empty((max(rows, 17), self.padded_in), dtype=torch.uint8, device=values.device)
         # p ^ 128 read as int8 is p - 128; the padding columns meet zero weights, whatever they hold
         torch.bitwise_xor(values, 128, out=signed[:rows, :self.in_size].view(*lead, self.in_size))
         parts = torch._int_mm(signed.view(torch.int8), self.matrix)[:rows]
-        n, c = self.padded_count, self.count
-        total = parts[:, 2 * n:2 * n + c].to(torch.int64).mul_(256).add_(parts[:, n:n + c]).mul_(256)
-        total.add_(parts[:, :c]).add_(self.offset)
-        return total.view(*lead, c)
+        padded, count = self.padded_count, self.count
+        total = parts[:, 2 * padded:2 * padded + count].to(torch.int64).mul_(256)
+        total.add_(parts[:, padded:padded + count]).mul_(256).add_(parts[:, :count]).add_(self.offset)
+        return total.view(*lead, count)
 
 
 def int8_self_check(device: torch.device) -> str | None:

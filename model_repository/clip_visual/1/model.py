@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import traceback
+from typing import Callable
 
 import torch
 import triton_python_backend_utils as pb_utils
@@ -58,7 +59,7 @@ class TritonPythonModel:
                                                                "instance": args["model_instance_name"]})
         self.graphs_metric.set(len(self.run.sizes) if isinstance(self.run, GraphedBatches) else 0)
 
-    def _graphed(self, image: torch.Tensor, sizes: tuple[int, ...]):
+    def _graphed(self, image: torch.Tensor, sizes: tuple[int, ...]) -> Callable[[torch.Tensor], torch.Tensor]:
         """The module behind CUDA graphs of `sizes`, or the module alone (logged) if a capture fails."""
         def unoptimized(pixels: torch.Tensor) -> torch.Tensor:
             with torch.jit.optimized_execution(False):
