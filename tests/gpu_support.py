@@ -20,22 +20,29 @@ from clip_triton_export.repository import RepositoryOptions, render_repository, 
 from conftest import IMAGE_NAMES, image_bytes
 
 
+def shipped_module(folder: Path, name: str) -> ModuleType:
+    """`folder/name.py` imported as the Python backend imports it: under its shipped name, with its shipped
+    siblings importable while it loads (a copy from an earlier repository is replaced)."""
+    sys.path.insert(0, str(folder))
+    try:
+        sys.modules.pop(name, None)
+        spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(folder))
+
+
 def shipped_gpu_transform(directory: Path) -> ModuleType:
     """clip_preprocess's `clip_gpu_transform` as the GPU target ships it (beside its copy of clip_transform),
     imported from a rendered repository: the tests run the file the server runs."""
     write_repository(directory, render_repository(named_architecture("ViT-B/32"), RepositoryOptions(target="gpu")))
     folder = directory / contract.PREPROCESS_MODEL / "1"
-    sys.path.insert(0, str(folder))
-    try:
-        for name in ("clip_transform", "clip_pillow_resize", "clip_gpu_transform"):
-            sys.modules.pop(name, None)
-            spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(folder))
+    for name in ("clip_transform", "clip_pillow_resize", "clip_gpu_transform"):
+        module = shipped_module(folder, name)
+    return module
 
 
 def jpeg(image: Image.Image, **options) -> bytes:

@@ -169,6 +169,15 @@ def _copy(folder: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(folder, tmp_path / folder.name))
 
 
+def assert_refused_in_one_line(case: tuple, folder: Path, tmp_path: Path) -> None:
+    """(make, message): `make` spoils a copy of `folder`; loading it must fail with `message` on one line."""
+    make, message = case
+    target = make(_copy(folder, tmp_path))
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(target)
+    assert message in str(caught.value) and "\n" not in str(caught.value), str(caught.value)
+
+
 def hf_error_cases():
     def text_only(folder: Path) -> Path:
         from transformers import CLIPTextConfig, CLIPTextModel
@@ -229,11 +238,7 @@ def test_a_sharded_checkpoint_missing_a_shard_or_with_a_broken_index_is_refused_
 
 @pytest.mark.parametrize("case", sorted(hf_error_cases()))
 def test_hugging_face_refusals_are_one_line(case: str, hf_folder: Path, tmp_path: Path) -> None:
-    make, message = hf_error_cases()[case]
-    target = make(_copy(hf_folder, tmp_path))
-    with pytest.raises(CheckpointError) as caught:
-        load_checkpoint(target)
-    assert message in str(caught.value) and "\n" not in str(caught.value), str(caught.value)
+    assert_refused_in_one_line(hf_error_cases()[case], hf_folder, tmp_path)
 
 
 def open_clip_error_cases():
@@ -263,11 +268,7 @@ def open_clip_error_cases():
 
 @pytest.mark.parametrize("case", sorted(open_clip_error_cases()))
 def test_open_clip_refusals_are_one_line(case: str, open_clip_folder: Path, tmp_path: Path) -> None:
-    make, message = open_clip_error_cases()[case]
-    target = make(_copy(open_clip_folder, tmp_path))
-    with pytest.raises(CheckpointError) as caught:
-        load_checkpoint(target)
-    assert message in str(caught.value) and "\n" not in str(caught.value), str(caught.value)
+    assert_refused_in_one_line(open_clip_error_cases()[case], open_clip_folder, tmp_path)
 
 
 def test_an_open_clip_only_width_without_its_config_is_refused(tmp_path: Path) -> None:

@@ -3,9 +3,6 @@ by recomputing into the same static buffers: padding to the next graph size, sta
 batch, eager batches beyond the graphs, the capture order. The real capture runs in `make test-gpu`."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -13,6 +10,7 @@ import torch
 from clip_triton import contract
 from clip_triton_export.pipeline import export_repository
 from conftest import golden_checkpoint
+from gpu_support import shipped_module
 
 
 @pytest.fixture(scope="module")
@@ -21,11 +19,7 @@ def shipped(tmp_path_factory: pytest.TempPathFactory):
     repository = tmp_path_factory.mktemp("gpu-repository")
     export_repository(repository, checkpoint=golden_checkpoint("tiny-vit-b32"), target="gpu")
     folder = repository / contract.VISUAL_MODEL / "1"
-    spec = importlib.util.spec_from_file_location("clip_cuda_graphs", folder / "clip_cuda_graphs.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["clip_cuda_graphs"] = module
-    spec.loader.exec_module(module)
-    return module, torch.jit.load(str(folder / "model.pt"), map_location="cpu").eval()
+    return shipped_module(folder, "clip_cuda_graphs"), torch.jit.load(str(folder / "model.pt"), map_location="cpu").eval()
 
 
 def recomputing_capture(captured: list[int]):

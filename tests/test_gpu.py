@@ -7,7 +7,6 @@ Measured fidelity is written to $CLIP_TRITON_GPU_FIDELITY (a JSON file) when set
 """
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
@@ -25,7 +24,7 @@ from clip_triton import ClipClient, InvalidImageError, contract, transform
 from clip_triton.transform import preprocess, preprocess_batch
 from clip_triton_export.pipeline import export_repository, load_source
 from conftest import IMAGE_NAMES, image_bytes, running_server
-from gpu_support import jpeg, jpeg_photos, model_gauge, shipped_gpu_transform
+from gpu_support import jpeg, jpeg_photos, model_gauge, shipped_gpu_transform, shipped_module
 
 CUDA = torch.cuda.is_available()
 pytestmark = [pytest.mark.gpu, pytest.mark.server,
@@ -188,10 +187,7 @@ def test_graphs_captured_from_the_fp16_model_compute_what_it_computes(served) ->
     """clip_cuda_graphs' real capture (the shipped file, the served fp16 model) against the model run eagerly,
     for batch sizes inside, between and beyond the graphs, with stale rows from earlier batches."""
     folder = served[2].options.repository / contract.VISUAL_MODEL / "1"
-    spec = importlib.util.spec_from_file_location("clip_cuda_graphs", folder / "clip_cuda_graphs.py")
-    graphs = importlib.util.module_from_spec(spec)
-    sys.modules["clip_cuda_graphs"] = graphs
-    spec.loader.exec_module(graphs)
+    graphs = shipped_module(folder, "clip_cuda_graphs")
     model = torch.jit.load(str(folder / "model.pt"), map_location="cuda").eval()
 
     def unoptimized(pixels: torch.Tensor) -> torch.Tensor:
