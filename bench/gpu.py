@@ -189,10 +189,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def decoding() -> dict:
         folder = repository / contract.PREPROCESS_MODEL / "1"
-        transform = shipped_module(folder, "clip_transform")
         gpu_transform = shipped_module(folder, "clip_gpu_transform")
-        preprocessor = gpu_transform.BatchPreprocessor(size, torch.device("cuda"), torch.float16,
-                                                       transform.CLIP_MEAN, transform.CLIP_STD)
+        preprocessor = gpu_transform.BatchPreprocessor(size, torch.device("cuda"), torch.float16)
         measured = {}
         for name, images in sets.items():
             batch = 256 if name == "small" else 64

@@ -100,11 +100,11 @@ def test_nvjpeg_pixels_against_the_exact_transforms(tmp_path: Path) -> None:
     """Pixel-level: how far nvJPEG + the GPU resize are from Pillow's decoding and resize (recorded; the
     features' bound above is the requirement)."""
     gpu_transform = shipped_gpu_transform(tmp_path)
-    from clip_triton.transform import CLIP_MEAN, CLIP_STD
+    from clip_triton.transform import CLIP_STD
 
     for workload, photos in (("small", jpeg_photos()), ("phone", phone_jpegs())):
         images = list(photos.values())
-        pre = gpu_transform.BatchPreprocessor(224, torch.device("cuda"), torch.float32, CLIP_MEAN, CLIP_STD)
+        pre = gpu_transform.BatchPreprocessor(224, torch.device("cuda"), torch.float32)
         pixels, errors = pre(images)
         pre.close()
         expected, _ = preprocess_batch(images, 224)

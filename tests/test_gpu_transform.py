@@ -29,9 +29,7 @@ def pillow_resize(gpu_transform):
 
 
 def preprocessor(gpu_transform, dtype=torch.float32, **options):
-    settings = options.get("preprocessing")
-    mean, std = (settings.mean, settings.std) if settings else (transform.CLIP_MEAN, transform.CLIP_STD)
-    return gpu_transform.BatchPreprocessor(224, torch.device("cpu"), dtype, mean, std, **options)
+    return gpu_transform.BatchPreprocessor(224, torch.device("cpu"), dtype, **options)
 
 
 def test_only_jpegs_nvjpeg_decodes_like_libjpeg_take_the_gpu_path(gpu_transform) -> None:

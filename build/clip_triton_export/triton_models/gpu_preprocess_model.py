@@ -42,7 +42,7 @@ class TritonPythonModel:
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="clip-decode")
         preprocessing = Preprocessing.from_parameters(parameters)  # the checkpoint's (OpenAI's if none named)
         self.preprocess = BatchPreprocessor(
-            int(pixels["dims"][-1]), device, _DTYPES[pixels["data_type"]], preprocessing.mean, preprocessing.std,
+            int(pixels["dims"][-1]), device, _DTYPES[pixels["data_type"]],
             preprocessing=preprocessing, gpu_decode=parameters.get("gpu_decode", "true") == "true",
             max_pixels=int(parameters.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)),
             max_bytes=int(parameters.get("max_image_bytes", DEFAULT_MAX_IMAGE_BYTES)),

@@ -22,7 +22,6 @@ from __future__ import annotations
 import warnings
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -140,20 +139,20 @@ class Normalizer:
 
 class BatchPreprocessor:
     """Encoded images -> pixels [M, 3, size, size] (`dtype`, on `device`) for the good ones, in input order,
-    plus {index: reason} for the bad ones. `preprocessing` gives the checkpoint's filter, sizes and crop
-    offsets (OpenAI's by default); `mean` and `std` are its normalization."""
+    plus {index: reason} for the bad ones. `preprocessing` gives the checkpoint's normalization, filter, sizes
+    and crop offsets (OpenAI's by default)."""
 
-    def __init__(self, size: int, device: torch.device, dtype: torch.dtype, mean: Sequence[float],
-                 std: Sequence[float], *, gpu_decode: bool = True, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-                 max_bytes: int = DEFAULT_MAX_IMAGE_BYTES, fast_jpeg: bool = False, map_images: MapImages = map,
-                 decoder: Decoder | None = None, preprocessing: Preprocessing = OPENAI_PREPROCESSING):
+    def __init__(self, size: int, device: torch.device, dtype: torch.dtype, *, gpu_decode: bool = True,
+                 max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+                 fast_jpeg: bool = False, map_images: MapImages = map, decoder: Decoder | None = None,
+                 preprocessing: Preprocessing = OPENAI_PREPROCESSING):
         self.size, self.device, self.dtype = size, device, dtype
-        self.preprocessing = replace(preprocessing, mean=tuple(mean), std=tuple(std))
+        self.preprocessing = preprocessing
         gpu_decode = gpu_decode and self.preprocessing.interpolation in FILTERS
         self.gpu_decode, self.max_pixels, self.max_bytes, self.fast_jpeg = gpu_decode, max_pixels, max_bytes, fast_jpeg
         self.map_images = map_images  # decodes the CPU path's images (a thread pool's map: Pillow releases the GIL)
         self._cpu_job = ThreadPoolExecutor(1, thread_name_prefix="clip-cpu-path")  # runs beside the GPU work
-        self.normalize = Normalizer(mean, std, device)
+        self.normalize = Normalizer(preprocessing.mean, preprocessing.std, device)
         self.decoder = decoder if decoder is not None else (default_decoder(device) if gpu_decode else None)
 
     def __call__(self, images: Sequence[bytes]) -> tuple[torch.Tensor, dict[int, str]]:
