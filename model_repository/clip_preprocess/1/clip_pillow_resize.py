@@ -182,10 +182,10 @@ def pass_matrix(in_size: int, out_size: int, first: int, count: int, interpolati
                 method: str | None = None) -> PassMatrix:
     """The weights of outputs first .. first + count of resizing `in_size` to `out_size`, cached."""
     key = (in_size, out_size, first, count, interpolation, str(device), method)
-    matrix = _matrices.pop(key, None)
-    if matrix is None:
-        matrix = PassMatrix(Taps(in_size, out_size, first, count, interpolation), device, method)
-    _matrices[key] = matrix
+    if key in _matrices:  # the hot path: an image size seen recently
+        _matrices.move_to_end(key)
+        return _matrices[key]
+    matrix = _matrices[key] = PassMatrix(Taps(in_size, out_size, first, count, interpolation), device, method)
     while sum(held.nbytes for held in _matrices.values()) > _CACHE_BYTES and len(_matrices) > 1:
         _matrices.popitem(last=False)
     return matrix
