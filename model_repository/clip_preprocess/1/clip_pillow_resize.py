@@ -38,47 +38,69 @@ _PILLOW_MAJOR = int(PIL.__version__.split(".")[0])
 _CACHE_BYTES = 256 * 2**20
 
 
-def _bicubic(x: np.ndarray) -> np.ndarray:
+def _bicubic(x: torch.Tensor) -> torch.Tensor:
     """Pillow's bicubic_filter (a = -0.5), the same double operations in the same order."""
     a = -0.5
-    x = np.abs(x)
+    x = x.abs()
     near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1
     far = (((x - 5) * x + 8) * x - 4) * a
-    return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
+    return torch.where(x < 1.0, near, torch.where(x < 2.0, far, 0.0))
 
 
-def _bilinear(x: np.ndarray) -> np.ndarray:
-    x = np.abs(x)
-    return np.where(x < 1.0, 1.0 - x, 0.0)
+def _bilinear(x: torch.Tensor) -> torch.Tensor:
+    x = x.abs()
+    return torch.where(x < 1.0, 1.0 - x, 0.0)
 
 
 FILTERS = {"bicubic": (_bicubic, 2.0), "bilinear": (_bilinear, 1.0)}  # filter, support
 
 
+def fixed_weights(in_sizes: np.ndarray, out_sizes: np.ndarray, firsts: np.ndarray, count: int,
+                  interpolation: str = "bicubic", device: torch.device = torch.device("cpu"),
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pillow's 8-bit weights (precompute_coeffs, then normalize_coeffs_8bpc) of outputs first .. first + count
+    for n resizes at once (one per element of the three arrays), computed on `device`: (start [n, count], the
+    first input each output weighs; width [n, count], how many inputs its window holds; fixed [n, count, taps],
+    int64, its weights, zero beyond its window). Each is an elementwise float64 operation of Pillow's, in its
+    order (IEEE-rounded alike on any device), and each window's sum is taken tap by tap, as Pillow's loop
+    does: the weights are Pillow's whatever n and the device."""
+    kernel, filter_support = FILTERS[interpolation]
+    in_sizes, out_sizes = np.asarray(in_sizes, np.int64), np.asarray(out_sizes, np.int64)
+    scale = in_sizes.astype(np.float32).astype(np.float64) / out_sizes  # (double)(in1 - in0) / outSize, the box in float
+    filterscale = np.maximum(scale, 1.0)
+    support = filter_support * filterscale
+    ksize = int(np.ceil(support).max()) * 2 + 1 if len(in_sizes) else 1
+    f64 = dict(dtype=torch.float64, device=device)
+    scale_, support_ = torch.tensor(scale, **f64)[:, None], torch.tensor(support, **f64)[:, None]
+    outputs = torch.as_tensor(np.asarray(firsts, np.int64), device=device)[:, None] + torch.arange(count, device=device)
+    center = 0.0 + (outputs.to(torch.float64) + 0.5) * scale_
+    start = torch.trunc(center - support_ + 0.5).to(torch.int64).clamp_(min=0)  # C's (int): toward zero
+    stop = torch.minimum(torch.trunc(center + support_ + 0.5).to(torch.int64),
+                         torch.as_tensor(in_sizes, device=device)[:, None])
+    taps = torch.arange(ksize, device=device)
+    inside = taps < (stop - start)[..., None]
+    distance = ((taps + start[..., None]).to(torch.float64) - center[..., None]) + 0.5
+    weights = torch.where(inside, kernel(distance * torch.tensor(1.0 / filterscale, **f64)[:, None, None]), 0.0)
+    total = weights[..., 0].clone()
+    for tap in range(1, ksize):  # in order: a parallel sum could round differently
+        total += weights[..., tap]
+    total = total[..., None]
+    weights = torch.where(total != 0.0, weights / total, weights)
+    scaled = weights * (1 << PRECISION_BITS)
+    fixed = torch.where(inside, torch.trunc(torch.where(weights < 0, -0.5 + scaled, 0.5 + scaled)), 0.0)
+    return start, stop - start, fixed.to(torch.int64)
+
+
 class Taps:
     """Pillow's 8-bit weights for outputs `first` .. `first + count` of resizing `in_size` to `out_size`
-    (precompute_coeffs, then normalize_coeffs_8bpc), compactly: `fixed[i, j]` is output i's j-th tap, and
-    (`rows`, `tap_index`, `columns`) list every tap inside a window with the input it weighs."""
+    (fixed_weights), compactly: `fixed[i, j]` is output i's j-th tap, and (`rows`, `tap_index`, `columns`)
+    list every tap inside a window with the input it weighs."""
 
     def __init__(self, in_size: int, out_size: int, first: int, count: int, interpolation: str = "bicubic"):
-        kernel, filter_support = FILTERS[interpolation]
-        scale = float(np.float32(in_size)) / out_size  # (double)(in1 - in0) / outSize, the box in float
-        filterscale = max(scale, 1.0)
-        support = filter_support * filterscale
-        ksize = int(math.ceil(support)) * 2 + 1
-        center = 0.0 + (np.arange(first, first + count) + 0.5) * scale
-        start = np.maximum(np.trunc(center - support + 0.5).astype(np.int64), 0)  # C's (int): toward zero
-        stop = np.minimum(np.trunc(center + support + 0.5).astype(np.int64), in_size)
-        taps = np.arange(ksize)
-        inside = taps[None, :] < (stop - start)[:, None]
-        weights = np.where(inside, kernel(((taps[None, :] + start[:, None]) - center[:, None] + 0.5) * (1.0 / filterscale)),
-                           0.0)
-        total = np.cumsum(weights, axis=1)[:, -1:]  # summed in order, as Pillow's loop does (np.sum pairs them)
-        weights = np.divide(weights, total, out=weights.copy(), where=total != 0.0)
-        scaled = weights * (1 << PRECISION_BITS)
-        self.fixed = np.where(inside, np.trunc(np.where(weights < 0, -0.5 + scaled, 0.5 + scaled)), 0).astype(np.int64)
-        self.in_size, self.count = in_size, count
-        self.rows, self.tap_index = np.nonzero(inside)
+        start, width, fixed = (values[0].numpy() for values in fixed_weights(
+            np.array([in_size]), np.array([out_size]), np.array([first]), count, interpolation))
+        self.fixed, self.in_size, self.count = fixed, in_size, count
+        self.rows, self.tap_index = np.nonzero(np.arange(fixed.shape[-1]) < width[:, None])
         self.columns = start[self.rows] + self.tap_index
 
     @classmethod
