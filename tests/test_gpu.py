@@ -133,6 +133,25 @@ def test_the_gpu_resize_is_pillows_bit_for_bit_on_cuda(tmp_path: Path, interpola
         assert np.array_equal(resized[0].permute(1, 2, 0).cpu().numpy(), expected), photo.size
 
 
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_the_mixed_size_resize_is_pillows_bit_for_bit_on_cuda(tmp_path: Path, interpolation: str) -> None:
+    """The batched float32-digit products (TF32 tensor cores where the self-check passes) resize a batch of
+    the shared photos, each at several sizes, to Pillow's own pixels: not one value differs."""
+    shipped_gpu_transform(tmp_path)
+    mixed = sys.modules["clip_mixed_resize"]
+    assert mixed.use_tf32(torch.device("cuda")) == (True, None)  # the self-check passed
+    settings = transform.Preprocessing(interpolation=interpolation)
+    photos = [Image.open(io.BytesIO(image_bytes(name))).convert("RGB") for name in IMAGE_NAMES]
+    photos += [photo.resize((photo.width * 3 // 4 + 1, photo.height * 5 // 4), Image.BICUBIC) for photo in photos]
+    photos.append(photos[0].resize((1920, 1080), Image.BICUBIC))
+    plans = [transform.resize_plan(*photo.size, 224, preprocessing=settings) for photo in photos]
+    tensors = [torch.from_numpy(np.asarray(photo).copy()).permute(2, 0, 1).cuda() for photo in photos]
+    resized = mixed.resize_crop_mixed(tensors, plans, 224, interpolation).cpu()
+    for photo, actual in zip(photos, resized):
+        expected = transform.resize_and_crop(photo, 224, preprocessing=settings)
+        assert np.array_equal(actual.permute(1, 2, 0).numpy(), expected), photo.size
+
+
 def test_bad_images_are_refused_alone_on_the_gpu_path(served) -> None:
     arch, _, server = served
     if arch != "ViT-B/32":

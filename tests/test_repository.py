@@ -57,6 +57,7 @@ def test_every_config_parses_and_follows_the_contract(target: str, fmt: str, pre
     preprocess_code = files[f"{contract.PREPROCESS_MODEL}/1/model.py"]
     assert (b"from clip_gpu_transform import" in preprocess_code) == on_gpu
     assert (preprocess.parameters["gpu_decode"].string_value == "true") == on_gpu
+    assert preprocess.parameters["mixed_resize_max_pixels"].string_value == ("2097152" if on_gpu else "")
 
     visual = configs[contract.VISUAL_MODEL]
     assert [(t.name, t.data_type, list(t.dims)) for t in visual.input] == [("PIXEL_VALUES", pixels_type, [3, r, r])]
@@ -118,6 +119,7 @@ def test_each_target_has_its_own_defaults() -> None:
     ({"target": "gpu", "precision": "int8", "fmt": "torchscript"}, "made from the ONNX export"),
     ({"visual_backend": "tensorrt"}, "unknown visual backend"),
     ({"target": "gpu", "cuda_graph_batch_sizes": (1, 0, 8)}, "CUDA graph batch sizes must be positive"),
+    ({"target": "gpu", "mixed_resize_max_pixels": -1}, "mixed_resize_max_pixels must be 0 or more"),
     ({"max_batch_size": 64, "composing_max_batch_size": 32}, "at least max_batch_size"),
 ])
 def test_combinations_that_cannot_work_are_refused(options: dict, message: str) -> None:
@@ -172,7 +174,8 @@ def test_shipped_modules_are_their_sources_under_a_generated_header(target: str)
                "clip_gpu_transform.py": Path(models.__file__).parent / "gpu_transform.py",
                "clip_batching.py": Path(models.__file__).parent / "batching.py",
                "clip_cuda_graphs.py": Path(models.__file__).parent / "cuda_graphs.py",
-               "clip_pillow_resize.py": Path(models.__file__).parent / "pillow_resize.py"}
+               "clip_pillow_resize.py": Path(models.__file__).parent / "pillow_resize.py",
+               "clip_mixed_resize.py": Path(models.__file__).parent / "mixed_resize.py"}
     files = render_repository(named_architecture("ViT-B/32"), RepositoryOptions(target=target))
     python_files = {path: content for path, content in files.items() if path.endswith(".py")}
     assert python_files

@@ -32,6 +32,7 @@ GAUGE_MODULE = ("clip_executing_gauge.py", (_MODELS_PACKAGE, "executing_gauge.py
 RUNTIME_MODULE = ("clip_visual_runtime.py", (_MODELS_PACKAGE, "visual_runtime.py"))
 GPU_TRANSFORM_MODULE = ("clip_gpu_transform.py", (_MODELS_PACKAGE, "gpu_transform.py"))
 PILLOW_RESIZE_MODULE = ("clip_pillow_resize.py", (_MODELS_PACKAGE, "pillow_resize.py"))
+MIXED_RESIZE_MODULE = ("clip_mixed_resize.py", (_MODELS_PACKAGE, "mixed_resize.py"))
 BATCHING_MODULE = ("clip_batching.py", (_MODELS_PACKAGE, "batching.py"))
 CUDA_GRAPHS_MODULE = ("clip_cuda_graphs.py", (_MODELS_PACKAGE, "cuda_graphs.py"))
 _NATIVE_BACKENDS = {"onnx": ("onnxruntime", "onnxruntime_onnx"), "torchscript": ("pytorch", "pytorch_libtorch")}
@@ -80,6 +81,10 @@ class RepositoryOptions:
     # GPU target: nvJPEG decodes JPEGs and the GPU resizes them (gpu_transform.py); False: every image takes
     # the exact CPU path (bit-faithful to OpenAI's transform), and only the pixels go to the GPU
     gpu_decode: bool = True
+    # GPU target: JPEGs of up to this many pixels are resized together whatever their sizes (mixed_resize.py:
+    # two batched products per batch, not ~25 kernels and a new weight matrix per distinct size); bigger
+    # ones size by size. 0: every size on its own.
+    mixed_resize_max_pixels: int = 2**21
     max_batch_size: int = contract.MAX_BATCH_SIZE  # images per request (the ensemble's)
     composing_max_batch_size: int | None = None  # images per execution of each composing model (>= the above)
     preprocess_instances: int | None = None
@@ -128,6 +133,8 @@ class RepositoryOptions:
             raise ValueError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
         if any(not isinstance(size, int) or size < 1 for size in self.cuda_graph_batch_sizes):
             raise ValueError(f"CUDA graph batch sizes must be positive integers, got {self.cuda_graph_batch_sizes!r}")
+        if not isinstance(self.mixed_resize_max_pixels, int) or self.mixed_resize_max_pixels < 0:
+            raise ValueError(f"mixed_resize_max_pixels must be 0 or more, got {self.mixed_resize_max_pixels!r}")
         if self.visual_backend not in VISUAL_BACKENDS:
             raise ValueError(f"unknown visual backend {self.visual_backend!r}; choose one of: {', '.join(VISUAL_BACKENDS)}")
         if self.precision in OPENVINO_PRECISIONS and self.fmt != "onnx":
@@ -180,6 +187,7 @@ def model_configs(spec: VisualSpec, options: RepositoryOptions) -> dict[str, pb.
     preprocess.parameters["decode_threads"].string_value = str(options.preprocess_threads)
     if options.on_gpu:
         preprocess.parameters["gpu_decode"].string_value = str(options.gpu_decode).lower()
+        preprocess.parameters["mixed_resize_max_pixels"].string_value = str(options.mixed_resize_max_pixels)
     _preprocessing_parameters(preprocess, options)
     _queue_policy(preprocess, options)
 
@@ -282,7 +290,7 @@ def shipped_modules(options: RepositoryOptions) -> dict[str, list[tuple[str, tup
     visual = []
     if options.on_gpu:
         preprocess = [("model.py", (_MODELS_PACKAGE, "gpu_preprocess_model.py")), *common, TRANSFORM_MODULE,
-                      GPU_TRANSFORM_MODULE, PILLOW_RESIZE_MODULE]
+                      GPU_TRANSFORM_MODULE, PILLOW_RESIZE_MODULE, MIXED_RESIZE_MODULE]
         if options.visual_backend == "python":
             visual = [("model.py", (_MODELS_PACKAGE, "torch_visual_model.py")), *common, CUDA_GRAPHS_MODULE]
     elif options.target == "cpu":

@@ -20,7 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from clip_batching import draining, gather_images, refuse_while_draining, respond  # noqa: E402  (shipped beside this file)
 from clip_contract import PIXELS_TENSOR  # noqa: E402  (likewise)
 from clip_executing_gauge import ExecutingGauge  # noqa: E402  (likewise)
-from clip_gpu_transform import BatchPreprocessor  # noqa: E402  (likewise)
+from clip_gpu_transform import DEFAULT_MIXED_RESIZE_MAX_PIXELS, BatchPreprocessor  # noqa: E402  (likewise)
+from clip_mixed_resize import use_tf32  # noqa: E402  (likewise)
 from clip_pillow_resize import exact_method  # noqa: E402  (likewise)
 from clip_transform import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, Preprocessing  # noqa: E402
 
@@ -46,10 +47,15 @@ class TritonPythonModel:
             preprocessing=preprocessing, gpu_decode=parameters.get("gpu_decode", "true") == "true",
             max_pixels=int(parameters.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)),
             max_bytes=int(parameters.get("max_image_bytes", DEFAULT_MAX_IMAGE_BYTES)),
-            fast_jpeg=parameters.get("fast_jpeg_decode", "false") == "true", map_images=self.pool.map)
+            fast_jpeg=parameters.get("fast_jpeg_decode", "false") == "true", map_images=self.pool.map,
+            mixed_resize_max_pixels=int(parameters.get("mixed_resize_max_pixels", DEFAULT_MIXED_RESIZE_MAX_PIXELS)))
         _, why_not_int8 = exact_method(device)
         if why_not_int8:
             pb_utils.Logger.log_warn(f"clip_preprocess: the GPU resize uses float64 products ({why_not_int8})")
+        _, why_not_tf32 = use_tf32(device)
+        if why_not_tf32:
+            pb_utils.Logger.log_warn(f"clip_preprocess: the mixed-size GPU resize uses plain float32 products "
+                                     f"({why_not_tf32})")
         self.executing = ExecutingGauge(args)  # read by `clip-triton serve` to drain before stopping
 
     def execute(self, requests):

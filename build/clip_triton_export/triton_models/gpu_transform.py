@@ -1,20 +1,22 @@
 """OpenAI's CLIP transform for a batch of encoded images, with JPEGs decoded and resized on the GPU.
 
 Shipped beside the GPU target's clip_preprocess as `clip_gpu_transform.py`; it needs torch, and
-torchvision for nvJPEG, beside the exact transform (`clip_transform`) it falls back to and the resize it
-runs (`clip_pillow_resize`: Pillow's, bit for bit).
+torchvision for nvJPEG, beside the exact transform (`clip_transform`) it falls back to and the resizes it
+runs (`clip_pillow_resize`, `clip_mixed_resize`: Pillow's, bit for bit).
 
 Which image goes where:
 - A JPEG that nvJPEG can decode to the same colours as libjpeg (8-bit, greyscale or YCbCr with 1 or 3
   components, Huffman-coded baseline, extended or progressive, ending in its EOI marker; not RGB-coded,
   which an Adobe marker or the component ids R, G, B say) is decoded by nvJPEG on the GPU, batched (its
   hardware decoder where the GPU has one), then resized, cropped and normalized on the GPU.
+- Small JPEGs (up to `mixed_resize_max_pixels`, 2 MP by default) of a batch are resized together whatever
+  their sizes (clip_mixed_resize: two batched products); bigger ones, size by size (clip_pillow_resize).
 - Everything else (PNG, GIF, WebP, CMYK, JPEGs the GPU refuses or that look truncated), and every image
   when GPU decoding is off, goes through the exact CPU path on a thread pool, then to the GPU.
 - Every refusal (size limits, undecodable data) names its element, with the CPU path's own reasons.
 
-The GPU resize is Pillow's own, bit for bit (clip_pillow_resize: its fixed-point weights, applied by exact
-integer matrix products on the tensor cores), so a JPEG's pixels differ from the exact path's only where
+The GPU resize is Pillow's own, bit for bit (its fixed-point weights, applied by exact matrix products on
+the tensor cores: int8 size by size, float32 digits for a batch of mixed sizes), so a JPEG's pixels differ from the exact path's only where
 nvJPEG's decoding differs from libjpeg's.
 """
 from __future__ import annotations
@@ -27,6 +29,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from clip_mixed_resize import DEFAULT_MAX_PIXELS as DEFAULT_MIXED_RESIZE_MAX_PIXELS
+from clip_mixed_resize import resize_crop_mixed, takes
 from clip_pillow_resize import FILTERS, resize_crop
 from clip_transform import (DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, OPENAI_PREPROCESSING, ImageRejected,
                             MapImages, Preprocessing, check_declared_size, preprocess_batch, resize_plan)
@@ -145,11 +149,13 @@ class BatchPreprocessor:
     def __init__(self, size: int, device: torch.device, dtype: torch.dtype, *, gpu_decode: bool = True,
                  max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
                  fast_jpeg: bool = False, map_images: MapImages = map, decoder: Decoder | None = None,
-                 preprocessing: Preprocessing = OPENAI_PREPROCESSING):
+                 preprocessing: Preprocessing = OPENAI_PREPROCESSING,
+                 mixed_resize_max_pixels: int = DEFAULT_MIXED_RESIZE_MAX_PIXELS):
         self.size, self.device, self.dtype = size, device, dtype
         self.preprocessing = preprocessing
         gpu_decode = gpu_decode and self.preprocessing.interpolation in FILTERS
         self.gpu_decode, self.max_pixels, self.max_bytes, self.fast_jpeg = gpu_decode, max_pixels, max_bytes, fast_jpeg
+        self.mixed_resize_max_pixels = mixed_resize_max_pixels  # 0: every size resized on its own
         self.map_images = map_images  # decodes the CPU path's images (a thread pool's map: Pillow releases the GIL)
         self._cpu_job = ThreadPoolExecutor(1, thread_name_prefix="clip-cpu-path")  # runs beside the GPU work
         self.normalize = Normalizer(preprocessing.mean, preprocessing.std, device)
@@ -206,21 +212,30 @@ class BatchPreprocessor:
         refused: list[int] = []
         for chunk in _chunks(list(areas), areas.__getitem__, DECODE_BUDGET_PIXELS):
             decoded = self.decoder([images[i] for i in chunk])
-            by_size: dict[tuple[int, int], list[tuple[int, torch.Tensor]]] = defaultdict(list)
+            mixed: list[tuple[int, torch.Tensor, tuple[int, int, int, int]]] = []
+            by_size: dict[tuple[int, int, tuple], list[tuple[int, torch.Tensor]]] = defaultdict(list)
             for index, result in zip(chunk, decoded):
                 if isinstance(result, Exception) or result.shape[0] != 3:
                     refused.append(index)
-                else:
-                    by_size[tuple(result.shape[-2:])].append((index, result))
-            for (height, width), members in by_size.items():
+                    continue
+                height, width = result.shape[-2:]
                 try:  # from the decoded size, which is the header's unless the decoder disagrees
                     plan = resize_plan(width, height, self.size, self.max_pixels, self.preprocessing)
                 except ImageRejected:
-                    refused += [index for index, _ in members]
+                    refused.append(index)
                     continue
+                if takes(width, height, plan, self.mixed_resize_max_pixels):
+                    mixed.append((index, result, plan))
+                else:
+                    by_size[(height, width, plan)].append((index, result))
+            interpolation = self.preprocessing.interpolation
+            if mixed:
+                values = resize_crop_mixed([image for _, image, _ in mixed], [plan for *_, plan in mixed],
+                                           self.size, interpolation)
+                pixels.update(zip((index for index, *_ in mixed), self.normalize(values.float())))
+            for (height, width, plan), members in by_size.items():
                 for group in _chunks(members, lambda _: height * width, RESIZE_BUDGET_PIXELS):
-                    values = resize_crop(torch.stack([image for _, image in group]), self.size, plan,
-                                         self.preprocessing.interpolation)
+                    values = resize_crop(torch.stack([image for _, image in group]), self.size, plan, interpolation)
                     pixels.update(zip((index for index, _ in group), self.normalize(values.float())))
         return refused
 

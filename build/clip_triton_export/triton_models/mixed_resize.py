@@ -1,0 +1,215 @@
+"""Pillow's resize and center crop for a batch of images of many sizes at once, bit for bit, in a fixed number
+of tensor operations per batch.
+
+Shipped beside the GPU target's clip_preprocess as `clip_mixed_resize.py`; it needs numpy and torch, and
+clip_pillow_resize for Pillow's weights.
+
+Why: the per-size resize (clip_pillow_resize.resize_crop) launches about 25 kernels and, for a size it has
+not seen recently, builds two weight matrices on the host (1-3 ms on our CPU VM) for every distinct image
+size in a batch. Photos from the web come in nearly as many sizes as there are photos, so a batch of 64 paid
+that 64 times. Here a whole batch of small images takes two batched matrix products:
+- each image is resized along one axis, then along the other, in Pillow's order (an image whose vertical pass
+  comes first is transposed before, so its first pass is along its last axis too, and the results line up);
+  a dimension whose size does not change gets the identity (Pillow skips it: the same values);
+- the images are zero-padded to the largest sizes of their group; Pillow's weights for the whole group are
+  computed where the images are (fixed_weights: Pillow's float64 steps, elementwise, so the same on any
+  device) and assembled there into zero-padded matrices, so the host does no per-image work but a copy;
+- the products are float32 of pixels (0..255) with the three signed base-256 digits of Pillow's fixed-point
+  weights (-128..127): every product and every partial sum is an integer below 2**24, so float32 adds them
+  exactly in any order; so does TF32 on CUDA (its 11 significant bits hold every such factor), trusted only
+  after a self-check at start; the digits are recombined in float64 (exact below 2**53), then rounded and
+  clipped as Pillow does.
+The padding costs arithmetic (zeros times zeros), never exactness. Images are grouped by size, largest first,
+so that one group's padding stays small; big images (12 MP photos: few sizes, much arithmetic) keep the
+per-size path, whose int8 products waste none.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from clip_pillow_resize import PRECISION_BITS, fixed_weights, vertical_pass_first
+
+# Padded pixels of one group (bounds GPU memory: 16 M padded pixels of 3 channels are 192 MB of float32
+# input, about as much product, and a float64 copy of a third of it).
+GROUP_BUDGET_PIXELS = 16 * 2**20
+# The largest window these products take: 255 x 128 x taps must stay below 2**24 for float32 to be exact.
+# Shrinking an axis k times takes windows of 4k + 3 inputs (bicubic), so at most 100x here leaves room.
+MAX_TAPS = 2**24 // (255 * 128)
+MAX_DOWNSCALE = 100
+# Images up to this many pixels take this resize on the GPU by default (a Full HD frame does); bigger ones,
+# few sizes and much arithmetic each (12 MP photos), take the per-size int8 one.
+DEFAULT_MAX_PIXELS = 2**21
+_DIGITS = 3
+
+
+class _Pass:
+    """One pass for a group, on `device`: along `lengths[i]` inputs to `size` outputs (the crop's), per image."""
+
+    def __init__(self, lengths: np.ndarray, new_lengths: np.ndarray, offsets: np.ndarray, size: int,
+                 interpolation: str, device: torch.device):
+        start, _, fixed = fixed_weights(lengths, new_lengths, offsets, size, interpolation, device)
+        if fixed.shape[-1] > MAX_TAPS:
+            raise ValueError(f"a window of {fixed.shape[-1]} inputs is too wide for exact float32 products")
+        same = torch.from_numpy(lengths == new_lengths).to(device)  # not resampled: output j is input offset + j
+        identity_start = torch.from_numpy(offsets).to(device)[:, None] + torch.arange(size, device=device)
+        self.start = torch.where(same[:, None], identity_start, start)
+        identity = torch.zeros_like(fixed[0])
+        identity[:, 0] = 1 << PRECISION_BITS
+        self.fixed = torch.where(same[:, None, None], identity, fixed)
+        self.padded_in = int(lengths.max())
+
+    def matrices(self) -> torch.Tensor:
+        """float32 [n, padded inputs, 3 x size]: each image's weights as three digit matrices side by side,
+        assembled where the weights are (Pillow's weights lie within +-2**23, so three digits hold them)."""
+        n, size, taps = self.fixed.shape
+        device = self.fixed.device
+        # Where each tap goes: image, input column, output. A tap beyond its window weighs zero; its column is
+        # kept in range, and the sums below add such zeros to whatever shares its cell.
+        column = (self.start[..., None] + torch.arange(taps, device=device)).clamp_(max=self.padded_in - 1)
+        cell = (torch.arange(n, device=device)[:, None, None] * self.padded_in + column) * (_DIGITS * size) \
+            + torch.arange(size, device=device)[None, :, None]
+        matrix = torch.zeros(n * self.padded_in * _DIGITS * size, dtype=torch.float32, device=device)
+        rest = self.fixed
+        for index in range(_DIGITS):
+            digit = (rest + 128) % 256 - 128
+            matrix.index_put_(((cell + index * size).view(-1),), digit.view(-1).to(torch.float32), accumulate=True)
+            rest = (rest - digit) // 256
+        return matrix.view(n, self.padded_in, _DIGITS * size)
+
+
+def _products(values: torch.Tensor, weights: torch.Tensor, tf32: bool) -> torch.Tensor:
+    """torch.bmm with TF32 tensor cores on or off for this product alone (the process's setting is restored)."""
+    if values.device.type != "cuda":
+        return torch.bmm(values, weights)
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        return torch.bmm(values, weights)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def exact_sums(values: torch.Tensor, weights: torch.Tensor, size: int, tf32: bool | None = None) -> torch.Tensor:
+    """float32 [n, rows, inputs] (0..255) x digits [n, inputs, 3 size] -> float64 [n, rows, size]: the
+    integer sums of value x weight, exactly (`tf32`: the device's verdict unless given)."""
+    parts = _products(values, weights, use_tf32(values.device)[0] if tf32 is None else tf32)
+    return parts[..., 2 * size:].double().mul_(256).add_(parts[..., size:2 * size]).mul_(256).add_(parts[..., :size])
+
+
+def _apply(values: torch.Tensor, weights: torch.Tensor, size: int) -> torch.Tensor:
+    """Pillow's rounding of the exact sums: (sum + half) >> 22, clipped to 0..255; float32 [n, rows, size]."""
+    sums = exact_sums(values, weights, size)
+    return sums.add_(1 << (PRECISION_BITS - 1)).div_(1 << PRECISION_BITS).floor_().clamp_(0, 255).float()
+
+
+def tf32_self_check(device: torch.device) -> str | None:
+    """Why TF32 products cannot be trusted on `device` (they fail, or differ from the exact sums at the widest
+    window with the largest digits and pixels), or None when they agree."""
+    generator = np.random.default_rng(0)
+    size = 8
+    digits = generator.choice(np.array([-128, 127, -1, 0, 1]), size=(1, MAX_TAPS, _DIGITS * size))
+    pixels = generator.choice(np.array([0, 1, 254, 255]), size=(1, 5, MAX_TAPS))
+    expected = sum(256**k * (pixels @ digits[..., k * size:(k + 1) * size]) for k in range(_DIGITS))
+    try:
+        sums = exact_sums(torch.from_numpy(pixels).float().to(device), torch.from_numpy(digits).float().to(device),
+                          size, tf32=True)
+    except Exception as error:  # noqa: BLE001 - whatever the library says is the reason
+        return f"TF32 products failed: {error!r}"
+    if not np.array_equal(sums.cpu().numpy(), expected.astype(np.float64)):
+        return "TF32 products gave other sums than the exact ones"
+    return None
+
+
+_tf32: dict[str, tuple[bool, str | None]] = {}
+
+
+def use_tf32(device: torch.device) -> tuple[bool, str | None]:
+    """(whether these products use TF32 tensor cores on `device`, why not): on CUDA where the self-check passes
+    (checked once per device); plain float32 otherwise (exact too, slower)."""
+    if device.type != "cuda":
+        return False, None
+    if str(device) not in _tf32:
+        reason = tf32_self_check(device)
+        _tf32[str(device)] = (reason is None, reason)
+    return _tf32[str(device)]
+
+
+def _vertical_first(image: torch.Tensor, plan: tuple[int, int, int, int]) -> bool:
+    return vertical_pass_first(image.shape[-1], image.shape[-2], plan[0], plan[1])
+
+
+def _first_and_second_lengths(image: torch.Tensor, plan: tuple[int, int, int, int]) -> tuple[int, int]:
+    """(inputs of the first pass, of the second): the image's (width, height), or (height, width) when its
+    vertical pass comes first."""
+    height, width = image.shape[-2:]
+    return (height, width) if _vertical_first(image, plan) else (width, height)
+
+
+def _resize_group(images: Sequence[torch.Tensor], plans: Sequence[tuple[int, int, int, int]], size: int,
+                  interpolation: str) -> torch.Tensor:
+    device = images[0].device
+    channels = images[0].shape[0]
+    heights = np.array([image.shape[-2] for image in images])
+    widths = np.array([image.shape[-1] for image in images])
+    new_widths, new_heights, tops, lefts = (np.array(column) for column in zip(*plans))
+    vertical_first = np.array([_vertical_first(image, plan) for image, plan in zip(images, plans)], dtype=bool)
+    # The first pass runs along the last axis: the width, or the height of an image transposed beforehand.
+    first = _Pass(np.where(vertical_first, heights, widths), np.where(vertical_first, new_heights, new_widths),
+                  np.where(vertical_first, tops, lefts), size, interpolation, device)
+    second = _Pass(np.where(vertical_first, widths, heights), np.where(vertical_first, new_widths, new_heights),
+                   np.where(vertical_first, lefts, tops), size, interpolation, device)
+    n = len(images)
+    values = torch.zeros((n, channels, second.padded_in, first.padded_in), dtype=torch.float32, device=device)
+    for index, (image, transposed) in enumerate(zip(images, vertical_first)):
+        image = image.transpose(-1, -2) if transposed else image
+        values[index, :, :image.shape[-2], :image.shape[-1]].copy_(image)
+    once = _apply(values.view(n, -1, first.padded_in), first.matrices(), size)  # [n, C x second, size]
+    across = once.view(n, channels, second.padded_in, size).transpose(-1, -2).reshape(n, -1, second.padded_in)
+    twice = _apply(across, second.matrices(), size).view(n, channels, size, size)
+    # An image resized width first now lies transposed ([C, width, height]); a vertical-first one is upright.
+    upright = torch.from_numpy(vertical_first).to(device).view(n, 1, 1, 1)
+    return torch.where(upright, twice, twice.transpose(-1, -2)).to(torch.uint8)
+
+
+def groups(lengths: Sequence[tuple[int, int]], budget: int | None = None) -> list[list[int]]:
+    """Indices grouped so that each group's padded size (members x longest first pass x longest second pass)
+    stays within `budget` (GROUP_BUDGET_PIXELS by default; an image over it forms a group alone), largest
+    images first."""
+    budget = GROUP_BUDGET_PIXELS if budget is None else budget
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i][0] * lengths[i][1], reverse=True)
+    grouped: list[list[int]] = []
+    longest = (0, 0)
+    for index in order:
+        first, second = lengths[index]
+        grown = (max(longest[0], first), max(longest[1], second))
+        if grouped and (len(grouped[-1]) + 1) * grown[0] * grown[1] <= budget:
+            grouped[-1].append(index)
+            longest = grown
+        else:
+            grouped.append([index])
+            longest = (first, second)
+    return grouped
+
+
+def takes(width: int, height: int, plan: tuple[int, int, int, int], max_pixels: int) -> bool:
+    """Whether an image of this size goes through this resize: at most `max_pixels`, shrunk at most
+    MAX_DOWNSCALE times along either axis (so that its windows stay exact in float32)."""
+    new_width, new_height = plan[:2]
+    return width * height <= max_pixels and width <= MAX_DOWNSCALE * new_width and \
+        height <= MAX_DOWNSCALE * new_height
+
+
+def resize_crop_mixed(images: Sequence[torch.Tensor], plans: Sequence[tuple[int, int, int, int]], size: int,
+                      interpolation: str = "bicubic") -> torch.Tensor:
+    """uint8 [C, H, W] images of any sizes, each with its resize plan (new width, new height, top, left) ->
+    uint8 [N, C, size, size] in input order: Pillow's resize (its filter), then the plan's crop."""
+    if not images:
+        raise ValueError("no images to resize")
+    results: dict[int, torch.Tensor] = {}
+    for group in groups([_first_and_second_lengths(image, plan) for image, plan in zip(images, plans)]):
+        resized = _resize_group([images[i] for i in group], [plans[i] for i in group], size, interpolation)
+        results.update(zip(group, resized))
+    return torch.stack([results[i] for i in range(len(images))])

@@ -1,0 +1,191 @@
+"""The GPU target's resize for a batch of many image sizes at once (clip_mixed_resize), run on the CPU: Pillow's
+pixels bit for bit whatever the sizes, exact products at the widest window it takes, grouping within its
+budget, and the routing between it and the per-size resize. Torch runs these very operations on CUDA on a GPU
+host (`make test-gpu` checks them there, TF32 included)."""
+from __future__ import annotations
+
+import io
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clip_triton import transform
+from conftest import image_bytes
+from gpu_support import jpeg, shipped_gpu_transform
+
+# Downscales and upscales, a side already 224 (not resampled), tall images whose vertical pass comes first
+# (Pillow 13), a tiny one, portrait and landscape of the same sizes, and a near-square pair.
+SIZES = [(451, 300), (300, 451), (224, 500), (640, 224), (225, 1000), (1000, 225), (17, 9), (100, 60),
+         (1023, 767), (224, 224), (333, 334), (334, 333), (800, 1800), (97, 400)]
+
+
+@pytest.fixture(scope="module")
+def gpu_transform(tmp_path_factory: pytest.TempPathFactory):
+    return shipped_gpu_transform(tmp_path_factory.mktemp("gpu-repository"))
+
+
+@pytest.fixture(scope="module")
+def mixed(gpu_transform):
+    """clip_mixed_resize as shipped beside clip_gpu_transform (loaded with it)."""
+    return sys.modules["clip_mixed_resize"]
+
+
+def photos(sizes: list[tuple[int, int]]) -> list[Image.Image]:
+    astronaut = Image.open(io.BytesIO(image_bytes("astronaut.png"))).convert("RGB")
+    return [astronaut.resize(size, Image.BICUBIC) for size in sizes]
+
+
+def as_tensor(photo: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(photo).copy()).permute(2, 0, 1)
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_a_batch_of_many_sizes_gets_pillows_pixels_bit_for_bit(mixed, monkeypatch, interpolation: str) -> None:
+    settings = transform.Preprocessing(interpolation=interpolation)
+    batch = photos(SIZES)
+    plans = [transform.resize_plan(*photo.size, 224, preprocessing=settings) for photo in batch]
+    expected = [transform.resize_and_crop(photo, 224, preprocessing=settings) for photo in batch]
+    monkeypatch.setattr(mixed, "GROUP_BUDGET_PIXELS", 4 * 2**20)  # several groups, the order restored after
+    assert len(mixed.groups([mixed._first_and_second_lengths(as_tensor(p), plan)
+                             for p, plan in zip(batch, plans)])) > 2
+    resized = mixed.resize_crop_mixed([as_tensor(photo) for photo in batch], plans, 224, interpolation)
+    assert resized.dtype == torch.uint8 and resized.shape == (len(batch), 3, 224, 224)
+    for size, actual, wanted in zip(SIZES, resized, expected):
+        assert np.array_equal(actual.permute(1, 2, 0).numpy(), wanted), size
+
+
+def test_checkpoint_sizes_and_crop_offsets_are_followed(mixed) -> None:
+    """Hugging Face-style settings: resize the shorter side to 256, crop 224 with floor offsets."""
+    half = (0.5, 0.5, 0.5)
+    settings = transform.Preprocessing(half, half, "bicubic", 256, "floor", "before_resize")
+    batch = photos(SIZES[:6])
+    plans = [transform.resize_plan(*photo.size, 224, preprocessing=settings) for photo in batch]
+    resized = mixed.resize_crop_mixed([as_tensor(photo) for photo in batch], plans, 224)
+    for photo, actual in zip(batch, resized):
+        expected = transform.resize_and_crop(photo, 224, preprocessing=settings)
+        assert np.array_equal(actual.permute(1, 2, 0).numpy(), expected), photo.size
+
+
+def test_many_weights_at_once_are_each_resizes_own(gpu_transform) -> None:
+    """fixed_weights for many resizes in one call (windows padded to the widest) gives each resize the weights
+    it gets alone, where Pillow's own per-size resize is tested."""
+    resize = sys.modules["clip_pillow_resize"]
+    keys = [(451, 224, 0, 224), (4000, 298, 37, 224), (17, 224, 0, 224), (640, 640, 5, 224), (300, 224, 0, 200)]
+    in_sizes, out_sizes, firsts = (np.array(column) for column in list(zip(*keys))[:3])
+    for interpolation in ("bicubic", "bilinear"):
+        start, width, fixed = (values.numpy() for values in resize.fixed_weights(in_sizes, out_sizes, firsts, 224,
+                                                                                 interpolation))
+        for index, (in_size, out_size, first, count) in enumerate(keys):
+            alone = resize.Taps(in_size, out_size, first, 224, interpolation)
+            taps = alone.fixed.shape[-1]
+            assert np.array_equal(fixed[index, :, :taps], alone.fixed)
+            assert not fixed[index, :, taps:].any()
+            window = np.arange(fixed.shape[-1]) < width[index][:, None]
+            assert np.array_equal(start[index][np.nonzero(window)[0]] + np.nonzero(window)[1],
+                                  alone.columns), (in_size, out_size)
+
+
+def test_pillows_weights_fit_in_three_base_256_digits(gpu_transform) -> None:
+    """The mixed resize splits weights into three signed base-256 digits without checking each (a check would
+    wait for the GPU): every weight Pillow makes lies within +-2**23, for any size to any size it resizes."""
+    resize = sys.modules["clip_pillow_resize"]
+    in_sizes = np.repeat(np.arange(1, 2001), 3)
+    out_sizes = np.tile(np.array([37, 224, 3000]), 2000)  # down up to 54x, up to 3000x
+    largest = {}
+    for interpolation in ("bicubic", "bilinear"):
+        for first in (0, 36):  # the first and the last of 37 outputs, and others: windows cut by either edge
+            _, _, fixed = resize.fixed_weights(in_sizes, out_sizes, np.full(len(in_sizes), first), 1, interpolation)
+            largest[interpolation, first] = int(fixed.abs().max())
+    assert max(largest.values()) < 2**23 and largest["bicubic", 0] > 2**22, largest  # the bicubic's overshoot
+
+
+def test_the_products_are_exact_at_the_widest_window(mixed) -> None:
+    """The largest digits and pixels over MAX_TAPS inputs: float32 (and the TF32 path's arithmetic) still give
+    the exact integer sums; one input more per window than the bound could lose the last bit."""
+    generator = np.random.default_rng(3)
+    size = 16
+    digits = generator.choice(np.array([-128, 127, 126, -127]), size=(2, mixed.MAX_TAPS, 3 * size))
+    pixels = generator.choice(np.array([254, 255]), size=(2, 6, mixed.MAX_TAPS))
+    expected = sum(256**k * (pixels @ digits[..., k * size:(k + 1) * size]) for k in range(3))
+    sums = mixed.exact_sums(torch.from_numpy(pixels).float(), torch.from_numpy(digits).float(), size)
+    assert sums.dtype == torch.float64 and np.array_equal(sums.numpy(), expected.astype(np.float64))
+    assert mixed.tf32_self_check(torch.device("cpu")) is None
+    assert 255 * 128 * mixed.MAX_TAPS < 2**24 <= 255 * 128 * (mixed.MAX_TAPS + 1)
+
+
+def test_windows_too_wide_for_exact_products_are_refused_and_never_routed_here(mixed) -> None:
+    with pytest.raises(ValueError, match="too wide for exact float32 products"):
+        mixed._Pass(np.array([30000]), np.array([224]), np.array([0]), 224, "bicubic", torch.device("cpu"))
+    plan_of = lambda w, h: transform.resize_plan(w, h, 224)  # noqa: E731
+    assert mixed.takes(640, 480, plan_of(640, 480), 2**21)
+    assert not mixed.takes(640, 480, plan_of(640, 480), 640 * 480 - 1), "over the pixel limit"
+    assert not mixed.takes(640, 480, plan_of(640, 480), 0), "0: every size on its own"
+    assert not mixed.takes(30000, 30000, plan_of(30000, 30000), 2**40), "shrunk 134x: windows too wide"
+    assert mixed.takes(22000, 22000, plan_of(22000, 22000), 2**40), "shrunk 98x"
+
+
+def test_groups_stay_within_the_budget_largest_first(mixed) -> None:
+    lengths = [(300, 200), (1000, 1000), (50, 40), (600, 500), (5000, 4000), (640, 480)]
+    grouped = mixed.groups(lengths, budget=1_200_000)
+    assert sorted(i for group in grouped for i in group) == list(range(len(lengths)))
+    assert grouped[0] == [4], "an image over the budget is a group alone, and the largest goes first"
+    for group in grouped[1:]:
+        longest = max(lengths[i][0] for i in group) * max(lengths[i][1] for i in group)
+        assert len(group) * longest <= 1_200_000, group
+    areas = [lengths[i][0] * lengths[i][1] for group in grouped for i in group]
+    assert areas == sorted(areas, reverse=True)
+
+
+def test_tf32_is_used_only_where_its_self_check_passes(mixed, monkeypatch) -> None:
+    cpu = torch.device("cpu")
+    assert mixed.use_tf32(cpu) == (False, None), "the CPU has no TF32: plain float32"
+    real = torch.bmm
+    monkeypatch.setattr(torch, "bmm", lambda a, b: real(a, b) + 1)
+    assert mixed.tf32_self_check(cpu) == "TF32 products gave other sums than the exact ones"
+    monkeypatch.setattr(torch, "bmm", real)
+    monkeypatch.setattr(mixed, "_tf32", {})
+    monkeypatch.setattr(mixed, "tf32_self_check", lambda device: "TF32 products gave other sums than the exact ones")
+    cuda = torch.device("cuda", 0)  # a device object is enough to pick the products
+    assert mixed.use_tf32(cuda) == (False, "TF32 products gave other sums than the exact ones")
+    monkeypatch.setattr(mixed, "tf32_self_check", lambda device: None)
+    assert mixed.use_tf32(cuda)[0] is False, "decided once per device"
+    assert mixed.use_tf32(torch.device("cuda", 1)) == (True, None)
+
+
+def test_small_jpegs_take_the_mixed_resize_and_big_ones_the_per_size_one(gpu_transform, monkeypatch) -> None:
+    """Routing in BatchPreprocessor: up to mixed_resize_max_pixels one mixed call per batch, above it size by
+    size; either way (and with the mixed resize off) the exact path's pixels, in order."""
+    batch = photos([(451, 300), (640, 480), (300, 451), (1000, 872), (640, 480), (17, 9)])
+    images = [jpeg(photo, quality=90) for photo in batch]
+    expected, _ = transform.preprocess_batch(images, 224)
+    calls = {"mixed": [], "per-size": []}
+    real_mixed, real_per_size = gpu_transform.resize_crop_mixed, gpu_transform.resize_crop
+
+    def mixed_spy(images, plans, *args):
+        calls["mixed"].append(sorted((image.shape[-1], image.shape[-2]) for image in images))
+        return real_mixed(images, plans, *args)
+
+    def per_size_spy(batch, *args):
+        calls["per-size"].append((batch.shape[-1], batch.shape[-2], batch.shape[0]))
+        return real_per_size(batch, *args)
+
+    monkeypatch.setattr(gpu_transform, "resize_crop_mixed", mixed_spy)
+    monkeypatch.setattr(gpu_transform, "resize_crop", per_size_spy)
+    for limit, mixed_calls, per_size_calls in (
+            (640 * 480, [[(17, 9), (300, 451), (451, 300), (640, 480), (640, 480)]], [(1000, 872, 1)]),
+            (0, [], [(451, 300, 1), (640, 480, 2), (300, 451, 1), (1000, 872, 1), (17, 9, 1)])):
+        calls["mixed"].clear(), calls["per-size"].clear()
+        pre = gpu_transform.BatchPreprocessor(224, torch.device("cpu"), torch.float32, mixed_resize_max_pixels=limit)
+        pixels, errors = pre(images)
+        pre.close()
+        assert not errors and np.array_equal(pixels.numpy(), expected), limit
+        assert calls == {"mixed": mixed_calls, "per-size": per_size_calls}, limit
+
+
+def test_the_default_limit_is_the_repositorys(mixed) -> None:
+    from clip_triton_export.repository import RepositoryOptions
+
+    assert RepositoryOptions(target="gpu").mixed_resize_max_pixels == mixed.DEFAULT_MAX_PIXELS == 2**21
