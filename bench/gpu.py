@@ -4,8 +4,9 @@
 
 Measures OpenAI's way (fp16 on CUDA, its PIL/torchvision transform, batch 1 and 64), the fp16 model alone
 (batch 256 and 1024), nvJPEG decoding alone and the whole GPU transform alone, then the server end to end
-over gRPC (encoded JPEGs in, features out) on small photos and 12 MP phone JPEGs, with Triton's per-model
-breakdown and a feature check against eager fp32. Writes results.json, report.md and PNG plots. Every stage
+over gRPC (encoded JPEGs in, features out) on small photos, 12 MP phone JPEGs and small JPEGs of 1,024
+different sizes (as web traffic comes; the GPU resize's cost depends on how many sizes a batch holds, so it is
+measured both ways: mixed sizes together, and size by size), with Triton's per-model breakdown and a feature check against eager fp32. Writes results.json, report.md and PNG plots. Every stage
 runs even if an earlier one failed (its error is recorded), and results.json is rewritten after each, so a
 cut-short run still leaves what it measured. Without a CUDA GPU it says so and exits 0.
 """
@@ -31,13 +32,16 @@ PHONE_LEVELS = "1x1,8x16:4,16x16:8,32x16:8"
 # Other settings measured beside the defaults, each at the levels that tell it apart: what the defaults are
 # chosen against (throughput for the instance counts, concurrency 1 and many single images for the graphs).
 HIGH_LEVELS = {"small": "32x64:8", "phone": "16x16:8"}
+VARIED_LEVELS = HIGH_LEVELS["small"]
 VARIANTS = {  # --variants name: (overrides of the GPU target's defaults, levels)
     "preprocess-1": ({"preprocess_instances": 1}, HIGH_LEVELS),
     "preprocess-3": ({"preprocess_instances": 3}, HIGH_LEVELS),
     "preprocess-4": ({"preprocess_instances": 4}, HIGH_LEVELS),
     "preprocess-6": ({"preprocess_instances": 6}, HIGH_LEVELS),
     "no-cuda-graphs": ({"cuda_graph_batch_sizes": ()}, {"small": "1x1,64x1:4", "phone": "1x1"}),
+    "per-size-resize": ({"mixed_resize_max_pixels": 0}, {"small": HIGH_LEVELS["small"], "varied": VARIED_LEVELS}),
 }
+CHECKED_VARIED_IMAGES = 128  # the feature check's share of the 1,024 (the exact transform runs on the CPU)
 
 
 def say(message: str) -> None:
@@ -66,6 +70,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per server level")
     parser.add_argument("--small-levels", default=SMALL_LEVELS, help=f"server levels, small JPEGs ({SMALL_LEVELS})")
     parser.add_argument("--phone-levels", default=PHONE_LEVELS, help=f"server levels, 12 MP JPEGs ({PHONE_LEVELS})")
+    parser.add_argument("--varied-levels", default=VARIED_LEVELS,
+                        help=f"server levels, small JPEGs of many sizes ({VARIED_LEVELS})")
     parser.add_argument("--no-variants", action="store_true", help="measure the defaults only")
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help=f"comma list of the settings to compare with the defaults ({', '.join(VARIANTS)})")
@@ -147,8 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work_dir
     small = workloads.small_jpegs(args.images, work / "small-jpegs")
     phone = workloads.phone_photos(args.images, work / "phone-photos")
-    sets = {"small": [data for _, data in small.images], "phone": [data for _, data in phone.images]}
-    run.results["workloads"] = {"small": small.summary(), "phone": phone.summary()}
+    varied = workloads.varied_jpegs(args.images, work / "varied-jpegs")
+    sets = {"small": small.blobs(), "phone": phone.blobs(), "varied": varied.blobs()}
+    run.results["workloads"] = {"small": small.summary(), "phone": phone.summary(), "varied": varied.summary()}
     loaded = load_source(args.checkpoint, None if args.checkpoint else args.random_init)
     size = loaded.spec.image_resolution
     run.results["model"] = {"source": loaded.source, "architecture": str(loaded.spec),
@@ -158,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         model = gpu_inprocess.openai_model(loaded.model)
         measured = {}
         for name, images in sets.items():
+            if name == "varied":
+                continue  # OpenAI's way does not care how many sizes there are
             for batch in (1, 64):
                 # a 64-image batch of 12 MP photos takes OpenAI's way ~15 s: one timed batch, after a
                 # one-image warm-up, is enough
@@ -191,16 +200,25 @@ def main(argv: list[str] | None = None) -> int:
         folder = repository / contract.PREPROCESS_MODEL / "1"
         gpu_transform = shipped_module(folder, "clip_gpu_transform")
         preprocessor = gpu_transform.BatchPreprocessor(size, torch.device("cuda"), torch.float16)
+        per_size = gpu_transform.BatchPreprocessor(size, torch.device("cuda"), torch.float16, mixed_resize_max_pixels=0)
         measured = {}
         for name, images in sets.items():
-            batch = 256 if name == "small" else 64
+            batch = 64 if name == "phone" else 256
             measured[f"nvjpeg_{name}"] = gpu_inprocess.nvjpeg_alone(images, batch, args.seconds)
             measured[f"transform_{name}"] = gpu_inprocess.gpu_transform_alone(preprocessor, images, batch, args.seconds)
             say(f"  {name}: nvJPEG alone {measured[f'nvjpeg_{name}']['images_per_s']:.0f} images/s, whole GPU "
                 f"transform {measured[f'transform_{name}']['images_per_s']:.0f} images/s (batch {batch})")
+            if name != "phone":  # 12 MP photos take the per-size resize either way
+                measured[f"transform_{name}_per_size"] = gpu_inprocess.gpu_transform_alone(per_size, images, batch,
+                                                                                           args.seconds)
+                say(f"  {name}: whole GPU transform, every size resized on its own: "
+                    f"{measured[f'transform_{name}_per_size']['images_per_s']:.0f} images/s")
         preprocessor.close()
+        per_size.close()
         for name, images in sets.items():
-            batch = 256 if name == "small" else 64
+            if name == "varied":
+                continue  # decoding costs the same whatever the sizes: measured on the other two
+            batch = 64 if name == "phone" else 256
             for processes in (2, 4, 8):  # torchvision holds one nvJPEG decoder per process
                 scaled = gpu_inprocess.nvjpeg_in_processes(images, batch, processes, args.seconds)
                 measured[f"nvjpeg_{name}_{processes}_processes"] = scaled
@@ -222,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             if check:
                 reference = loaded.model.float().eval().cuda()
                 for name, images in sets.items():
+                    images = images[:CHECKED_VARIED_IMAGES] if name == "varied" else images
                     features = loadgen.encode_all(served.grpc_url, images)
                     with torch.no_grad():
                         exact = reference(torch.from_numpy(np.stack([preprocess(data, size) for data in images]))
@@ -236,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         return measured
 
     def server() -> dict:
-        return serve_and_measure(repository, {"small": args.small_levels, "phone": args.phone_levels}, check=True)
+        return serve_and_measure(repository, {"small": args.small_levels, "phone": args.phone_levels,
+                                              "varied": args.varied_levels}, check=True)
 
     def variants() -> dict:
         from clip_triton_export.repository import RepositoryOptions

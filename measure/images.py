@@ -7,11 +7,14 @@ recipe; they are never committed:
 - phone photos: each photo center-cropped to 4:3 and upscaled to 4032x3024 (a 12 MP phone camera's
   frame), saved as baseline JPEG with 4:2:0 chroma like a phone's;
 - small JPEGs: each photo at its own size as a JPEG (JPEG originals as they are), for decoders that
-  only take JPEG.
+  only take JPEG;
+- small JPEGs of many sizes: the photos resized to seeded random sizes, one size per file, as web traffic
+  comes (nearly every photo its own size), for code whose cost depends on how many sizes a batch holds.
 """
 from __future__ import annotations
 
 import io
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -23,6 +26,8 @@ from clip_triton.image_files import find_images
 
 PHONE_SIZE = (4032, 3024)
 JPEG_QUALITY = 90
+VARIED_COUNT = 1024  # more sizes than a per-size weight cache keeps (clip_pillow_resize: 256 MB)
+VARIED_SIDES = (160, 800)  # each side drawn from this range, inclusive
 
 
 @dataclass(frozen=True)
@@ -33,12 +38,14 @@ class Workload:
     description: str
     images: tuple[tuple[str, bytes], ...]
 
-    def summary(self) -> dict:
+    def summary(self, listed: int = 32) -> dict:
+        """Sizes and bytes; every image by name up to `listed` images, only the counts beyond."""
         sizes = [dimensions(data) for _, data in self.images]
         return {
             "description": self.description,
             "images": [{"name": n, "bytes": len(d), "width": w, "height": h}
-                       for (n, d), (w, h) in zip(self.images, sizes)],
+                       for (n, d), (w, h) in zip(self.images, sizes)][:listed],
+            "count": len(self.images), "distinct_sizes": len(set(sizes)),
             "mean_bytes": round(sum(len(d) for _, d in self.images) / len(self.images)),
             "mean_megapixels": round(sum(w * h for w, h in sizes) / len(sizes) / 1e6, 2),
         }
@@ -138,6 +145,35 @@ def small_jpegs(folder: Path, cache: Path, limit: int | None = None) -> Workload
                                   partial(as_jpeg, source)))
     return Workload("jpeg", f"the shared photos as JPEG at their own size ({folder.name}/; JPEG originals as they "
                     f"are, the others converted at quality {JPEG_QUALITY}, 4:2:0)", tuple(images))
+
+
+def resized_jpeg(source: Path, size: tuple[int, int]) -> bytes:
+    with Image.open(source) as image:
+        return _jpeg(image.convert("RGB").resize(size, Image.BICUBIC))
+
+
+def varied_jpegs(folder: Path, cache: Path, count: int = VARIED_COUNT, seed: int = 0) -> Workload:
+    """`count` JPEGs of the photos of `folder` in turn, each resized to its own seeded random size (sides in
+    VARIED_SIDES, every (width, height) different), generated into `cache` on first use."""
+    import numpy as np
+
+    folder, cache = Path(folder), Path(cache)
+    sources = image_paths(folder)
+    generator = np.random.default_rng(seed)
+    sizes: dict[tuple[int, int], None] = {}  # distinct, in the order drawn
+    while len(sizes) < count:
+        sizes[tuple(int(side) for side in generator.integers(VARIED_SIDES[0], VARIED_SIDES[1] + 1, size=2))] = None
+    def one(item: tuple[int, tuple[int, int]]) -> tuple[str, bytes]:
+        index, (width, height) = item
+        source = sources[index % len(sources)]
+        return _cached(cache / f"{_stem(source, folder)}-{width}x{height}-q{JPEG_QUALITY}.jpg",
+                       partial(resized_jpeg, source, (width, height)))
+
+    with ThreadPoolExecutor() as pool:  # Pillow resizes and encodes without the GIL
+        images = tuple(pool.map(one, enumerate(sizes)))
+    return Workload("varied", f"{count} small JPEGs of {count} different sizes (the shared photos resized to "
+                    f"seeded random sides of {VARIED_SIDES[0]}-{VARIED_SIDES[1]} px, quality {JPEG_QUALITY}, 4:2:0)",
+                    images)
 
 
 def noise_pngs(count: int, side: int, seed: int = 0, compress_level: int = 6) -> list[bytes]:

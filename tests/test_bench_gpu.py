@@ -63,3 +63,25 @@ def test_variants_are_checked_before_any_gpu_time_and_reported_with_their_latenc
         "small": [level(1, 1, 80.0, 12.3), level(64, 1, 1500.0, 41.0)], "phone": [level(1, 1, 40.0, 21.5)]}}}}
     page = gpu_report.markdown(results)
     assert "| no-cuda-graphs (cuda_graph_batch_sizes=[]) | small: 1x1, 64x1; phone: 1x1 | 1,500 | 40 | 12.3 / 21.5 | 0 |" in page
+
+
+def test_the_resizes_two_ways_are_reported_side_by_side_and_every_workloads_errors_count() -> None:
+    results = {
+        "workloads": {"varied": {"description": "1024 small JPEGs of 1024 different sizes", "distinct_sizes": 1024}},
+        "decoding_alone": {"transform_small": {"images_per_s": 6000.0}, "transform_small_per_size": {"images_per_s": 5000.0},
+                           "transform_varied": {"images_per_s": 5500.0},
+                           "transform_varied_per_size": {"images_per_s": 1500.0}},
+        "server": {"sweeps": {"small": [level(32, 64, 5400.0, 300.0)], "phone": [level(16, 16, 700.0, 280.0)],
+                              "varied": [level(32, 64, 5100.0, 320.0, errors=2)]}},
+        "variants": {"per-size-resize": {"options": {"mixed_resize_max_pixels": 0}, "sweeps": {
+            "small": [level(32, 64, 5300.0, 310.0)], "varied": [level(32, 64, 1400.0, 900.0)]}}},
+    }
+    head = gpu_report.headline(results)
+    assert head["varied"]["server_images_per_s"] == 5100.0
+    assert head["targets"]["zero errors"] == "not met", "the 2 errors with many sizes count"
+    page = gpu_report.markdown({**results, "headline": head})
+    assert "| the whole GPU transform alone, small JPEGs of many sizes | 5,500 | 1,500 |" in page
+    assert "| the server end to end (best level), small JPEGs of many sizes | 5,100 | 1,400 |" in page
+    assert "| the whole GPU transform alone, small JPEGs (the shared photos' sizes) | 6,000 | 5,000 |" in page
+    assert "| per-size-resize (mixed_resize_max_pixels=0) | small: 32x64; varied: 32x64 | 5,300 | – | – / – | 0 |" in page
+    assert "## The GPU resize" not in gpu_report.markdown({}), "nothing measured, no section"
