@@ -50,7 +50,7 @@ def test_a_batch_of_many_sizes_gets_pillows_pixels_bit_for_bit(mixed, monkeypatc
     expected = [transform.resize_and_crop(photo, 224, preprocessing=settings) for photo in batch]
     monkeypatch.setattr(mixed, "GROUP_BUDGET_PIXELS", 4 * 2**20)  # several groups, the order restored after
     assert len(mixed.groups([mixed._first_and_second_lengths(as_tensor(p), plan)
-                             for p, plan in zip(batch, plans)])) > 2
+                             for p, plan in zip(batch, plans)], 224)) > 2
     resized = mixed.resize_crop_mixed([as_tensor(photo) for photo in batch], plans, 224, interpolation)
     assert resized.dtype == torch.uint8 and resized.shape == (len(batch), 3, 224, 224)
     for size, actual, wanted in zip(SIZES, resized, expected):
@@ -128,13 +128,17 @@ def test_windows_too_wide_for_exact_products_are_refused_and_never_routed_here(m
 
 
 def test_groups_stay_within_the_budget_largest_first(mixed) -> None:
-    lengths = [(300, 200), (1000, 1000), (50, 40), (600, 500), (5000, 4000), (640, 480)]
-    grouped = mixed.groups(lengths, budget=1_200_000)
+    """The budget bounds the first product's input and its output (3 x 224 digit columns, wider than a narrow
+    image's first pass)."""
+    lengths = [(300, 200), (1000, 1000), (50, 40), (600, 500), (5000, 4000), (640, 480), (160, 700), (100, 800)]
+    grouped = mixed.groups(lengths, 224, budget=1_200_000)
     assert sorted(i for group in grouped for i in group) == list(range(len(lengths)))
     assert grouped[0] == [4], "an image over the budget is a group alone, and the largest goes first"
     for group in grouped[1:]:
-        longest = max(lengths[i][0] for i in group) * max(lengths[i][1] for i in group)
-        assert len(group) * longest <= 1_200_000, group
+        widest = max(max(lengths[i][0] for i in group), 3 * 224) * max(lengths[i][1] for i in group)
+        assert len(group) * widest <= 1_200_000, group
+    narrow = mixed.groups([(160, 700), (100, 800)], 224, budget=1_000_000)
+    assert narrow == [[0], [1]], "two of 672 digit columns x 800 rows are over the budget, though 160 x 800 is not"
     areas = [lengths[i][0] * lengths[i][1] for group in grouped for i in group]
     assert areas == sorted(areas, reverse=True)
 

@@ -33,8 +33,9 @@ import torch
 
 from clip_pillow_resize import PRECISION_BITS, fixed_weights, vertical_pass_first
 
-# Padded pixels of one group (bounds GPU memory: 16 M padded pixels of 3 channels are 192 MB of float32
-# input, about as much product, and a float64 copy of a third of it).
+# Values per channel of one group's first product, input or output (bounds GPU memory: 16 M of 3 channels are
+# 192 MB of float32 either, a float64 copy of a third of the output, and up to ~150 MB of weight matrices:
+# about 0.6 GB at most).
 GROUP_BUDGET_PIXELS = 16 * 2**20
 # The largest window these products take: 255 x 128 x taps must stay below 2**24 for float32 to be exact.
 # Shrinking an axis k times takes windows of 4k + 3 inputs (bicubic), so at most 100x here leaves room.
@@ -175,10 +176,10 @@ def _resize_group(images: Sequence[torch.Tensor], plans: Sequence[tuple[int, int
     return torch.where(upright, twice, twice.transpose(-1, -2)).to(torch.uint8)
 
 
-def groups(lengths: Sequence[tuple[int, int]], budget: int | None = None) -> list[list[int]]:
-    """Indices grouped so that each group's padded size (members x longest first pass x longest second pass)
-    stays within `budget` (GROUP_BUDGET_PIXELS by default; an image over it forms a group alone), largest
-    images first."""
+def groups(lengths: Sequence[tuple[int, int]], size: int, budget: int | None = None) -> list[list[int]]:
+    """Indices grouped so that each group's first product, input or output (members x longest second pass x
+    the longer of the longest first pass and the 3 x `size` digit columns), stays within `budget` values per
+    channel (GROUP_BUDGET_PIXELS by default; an image over it forms a group alone), largest images first."""
     budget = GROUP_BUDGET_PIXELS if budget is None else budget
     order = sorted(range(len(lengths)), key=lambda i: lengths[i][0] * lengths[i][1], reverse=True)
     grouped: list[list[int]] = []
@@ -186,7 +187,7 @@ def groups(lengths: Sequence[tuple[int, int]], budget: int | None = None) -> lis
     for index in order:
         first, second = lengths[index]
         grown = (max(longest[0], first), max(longest[1], second))
-        if grouped and (len(grouped[-1]) + 1) * grown[0] * grown[1] <= budget:
+        if grouped and (len(grouped[-1]) + 1) * max(grown[0], _DIGITS * size) * grown[1] <= budget:
             grouped[-1].append(index)
             longest = grown
         else:
@@ -210,7 +211,7 @@ def resize_crop_mixed(images: Sequence[torch.Tensor], plans: Sequence[tuple[int,
     if not images:
         raise ValueError("no images to resize")
     results: dict[int, torch.Tensor] = {}
-    for group in groups([_first_and_second_lengths(image, plan) for image, plan in zip(images, plans)]):
+    for group in groups([_first_and_second_lengths(image, plan) for image, plan in zip(images, plans)], size):
         resized = _resize_group([images[i] for i in group], [plans[i] for i in group], size, interpolation)
         results.update(zip(group, resized))
     return torch.stack([results[i] for i in range(len(images))])
