@@ -160,8 +160,9 @@ def test_tf32_is_used_only_where_its_self_check_passes(mixed, monkeypatch) -> No
 
 
 def test_small_jpegs_take_the_mixed_resize_and_big_ones_the_per_size_one(gpu_transform, monkeypatch) -> None:
-    """Routing in BatchPreprocessor: up to mixed_resize_max_pixels one mixed call per batch, above it size by
-    size; either way (and with the mixed resize off) the exact path's pixels, in order."""
+    """Routing in BatchPreprocessor: up to mixed_resize_max_pixels one mixed call per batch of several sizes,
+    above it (and a batch of one size) size by size; either way (and with the mixed resize off) the exact
+    path's pixels, in order."""
     batch = photos([(451, 300), (640, 480), (300, 451), (1000, 872), (640, 480), (17, 9)])
     images = [jpeg(photo, quality=90) for photo in batch]
     expected, _ = transform.preprocess_batch(images, 224)
@@ -187,6 +188,12 @@ def test_small_jpegs_take_the_mixed_resize_and_big_ones_the_per_size_one(gpu_tra
         pre.close()
         assert not errors and np.array_equal(pixels.numpy(), expected), limit
         assert calls == {"mixed": mixed_calls, "per-size": per_size_calls}, limit
+    calls["mixed"].clear(), calls["per-size"].clear()
+    pre = gpu_transform.BatchPreprocessor(224, torch.device("cpu"), torch.float32, mixed_resize_max_pixels=640 * 480)
+    pixels, errors = pre([images[1], images[4], images[3]])  # one small size (twice), one big
+    pre.close()
+    assert not errors and np.array_equal(pixels.numpy(), expected[[1, 4, 3]])
+    assert calls == {"mixed": [], "per-size": [(1000, 872, 1), (640, 480, 2)]}, "one size needs no mixing"
 
 
 def test_the_default_limit_is_the_repositorys(mixed) -> None:

@@ -10,8 +10,9 @@ Which image goes where:
   components, Huffman-coded baseline, extended or progressive, ending in its EOI marker; not RGB-coded,
   which an Adobe marker or the component ids R, G, B say) is decoded by nvJPEG on the GPU, batched (its
   hardware decoder where the GPU has one), then resized, cropped and normalized on the GPU.
-- Small JPEGs (up to `mixed_resize_max_pixels`, 2 MP by default) of a batch are resized together whatever
-  their sizes (clip_mixed_resize: two batched products); bigger ones, size by size (clip_pillow_resize).
+- Small JPEGs (up to `mixed_resize_max_pixels`, 2 MP by default) of a batch that holds several sizes are
+  resized together (clip_mixed_resize: two batched products); bigger ones, and a batch of one size (a lone
+  image, say: its cached weights and int8 products take fewer kernels), size by size (clip_pillow_resize).
 - Everything else (PNG, GIF, WebP, CMYK, JPEGs the GPU refuses or that look truncated), and every image
   when GPU decoding is off, goes through the exact CPU path on a thread pool, then to the GPU.
 - Every refusal (size limits, undecodable data) names its element, with the CPU path's own reasons.
@@ -229,6 +230,9 @@ class BatchPreprocessor:
                     mixed.append((index, result, plan))
                 else:
                     by_size[(height, width, plan)].append((index, result))
+            if len({image.shape for _, image, _ in mixed}) == 1:  # one size: the per-size path's one call
+                by_size[(*mixed[0][1].shape[-2:], mixed[0][2])] += [(index, image) for index, image, _ in mixed]
+                mixed = []
             interpolation = self.preprocessing.interpolation
             if mixed:
                 values = resize_crop_mixed([image for _, image, _ in mixed], [plan for *_, plan in mixed],
