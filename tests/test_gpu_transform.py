@@ -84,7 +84,7 @@ def test_float64_products_work_in_slices(pillow_resize, monkeypatch) -> None:
     weights = generator.integers(-(2 ** 22), 2 ** 22, size=(11, 29))
     pixels = torch.from_numpy(generator.integers(0, 256, size=(3, 7, 29), dtype=np.uint8))
     monkeypatch.setattr(pillow_resize, "FLOAT64_SLICE_VALUES", 29 * 4)  # 4 rows a slice: 21 rows in 6 slices
-    sums = pillow_resize.PassMatrix(pillow_resize.Taps.from_matrix(weights), torch.device("cpu"), "float64").sums(pixels)
+    sums = pillow_resize.PassMatrix.from_dense(torch.from_numpy(weights), "float64").sums(pixels)
     assert np.array_equal(sums.numpy(), pixels.numpy().astype(np.int64) @ weights.T)
 
 
@@ -97,9 +97,9 @@ def test_the_int8_digits_carry_weights_of_any_sign_and_size(pillow_resize) -> No
     pixels = torch.from_numpy(generator.integers(0, 256, size=(2, 5, 37), dtype=np.uint8))  # 10 rows: padded
     expected = pixels.numpy().astype(np.int64) @ weights.T
     for method in ("int8", "float64"):
-        sums = resize.PassMatrix(resize.Taps.from_matrix(weights), torch.device("cpu"), method).sums(pixels)
+        sums = resize.PassMatrix.from_dense(torch.from_numpy(weights), method).sums(pixels)
         assert sums.dtype == torch.int64 and np.array_equal(sums.numpy(), expected), method
-        transposed = resize.PassMatrix(resize.Taps.from_matrix(weights), torch.device("cpu"), method) \
+        transposed = resize.PassMatrix.from_dense(torch.from_numpy(weights), method) \
             .sums(pixels.transpose(0, 1))
         assert np.array_equal(transposed.numpy(), expected.transpose(1, 0, 2)), f"{method}, strided input"
 

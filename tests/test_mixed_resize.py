@@ -71,21 +71,24 @@ def test_checkpoint_sizes_and_crop_offsets_are_followed(mixed) -> None:
 
 def test_many_weights_at_once_are_each_resizes_own(gpu_transform) -> None:
     """fixed_weights for many resizes in one call (windows padded to the widest) gives each resize the weights
-    it gets alone, where Pillow's own per-size resize is tested."""
+    it gets alone, and laid out as the per-size resize's matrix (tested against Pillow) each output weighs
+    its window's inputs with them, and nothing else."""
     resize = sys.modules["clip_pillow_resize"]
-    keys = [(451, 224, 0, 224), (4000, 298, 37, 224), (17, 224, 0, 224), (640, 640, 5, 224), (300, 224, 0, 200)]
-    in_sizes, out_sizes, firsts = (np.array(column) for column in list(zip(*keys))[:3])
+    keys = [(451, 224, 0), (4000, 298, 37), (17, 224, 0), (640, 640, 5), (300, 260, 18)]
+    in_sizes, out_sizes, firsts = (np.array(column) for column in zip(*keys))
     for interpolation in ("bicubic", "bilinear"):
-        start, width, fixed = (values.numpy() for values in resize.fixed_weights(in_sizes, out_sizes, firsts, 224,
-                                                                                 interpolation))
-        for index, (in_size, out_size, first, count) in enumerate(keys):
-            alone = resize.Taps(in_size, out_size, first, 224, interpolation)
-            taps = alone.fixed.shape[-1]
-            assert np.array_equal(fixed[index, :, :taps], alone.fixed)
-            assert not fixed[index, :, taps:].any()
-            window = np.arange(fixed.shape[-1]) < width[index][:, None]
-            assert np.array_equal(start[index][np.nonzero(window)[0]] + np.nonzero(window)[1],
-                                  alone.columns), (in_size, out_size)
+        start, width, fixed = resize.fixed_weights(in_sizes, out_sizes, firsts, 224, interpolation)
+        for index, (in_size, out_size, first) in enumerate(keys):
+            alone_start, alone_width, alone_fixed = (values[0] for values in resize.fixed_weights(
+                np.array([in_size]), np.array([out_size]), np.array([first]), 224, interpolation))
+            taps = alone_fixed.shape[-1]
+            assert torch.equal(fixed[index, :, :taps], alone_fixed) and not fixed[index, :, taps:].any()
+            assert torch.equal(start[index], alone_start) and torch.equal(width[index], alone_width)
+            dense = resize.PassMatrix(alone_start, alone_fixed, in_size, "float64").matrix.t().to(torch.int64)
+            for output in range(224):
+                begin, inside = int(alone_start[output]), int(alone_width[output])
+                assert torch.equal(dense[output, begin:begin + inside], alone_fixed[output, :inside])
+                assert dense[output].abs().sum() == dense[output, begin:begin + inside].abs().sum()
 
 
 def test_pillows_weights_fit_in_three_base_256_digits(gpu_transform) -> None:

@@ -30,7 +30,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from clip_pillow_resize import PRECISION_BITS, fixed_weights, vertical_pass_first
+from clip_pillow_resize import PRECISION_BITS, base_256_digits, fixed_weights, vertical_pass_first
 
 # Values per channel of one group's first product, input or output (bounds GPU memory: 16 M of 3 channels are
 # 192 MB of float32 either, a float64 copy of a third of the output, and up to ~150 MB of weight matrices:
@@ -64,7 +64,7 @@ class _Pass:
 
     def matrices(self) -> torch.Tensor:
         """float32 [n, padded inputs, 3 x size]: each image's weights as three digit matrices side by side,
-        assembled where the weights are (Pillow's weights lie within +-2**23, so three digits hold them)."""
+        assembled where the weights are."""
         n, size, taps = self.fixed.shape
         device = self.fixed.device
         # Where each tap goes: image, input column, output. A tap beyond its window weighs zero; its column is
@@ -73,11 +73,8 @@ class _Pass:
         cell = (torch.arange(n, device=device)[:, None, None] * self.padded_in + column) * (_DIGITS * size) \
             + torch.arange(size, device=device)[None, :, None]
         matrix = torch.zeros(n * self.padded_in * _DIGITS * size, dtype=torch.float32, device=device)
-        rest = self.fixed
-        for index in range(_DIGITS):
-            digit = (rest + 128) % 256 - 128
+        for index, digit in enumerate(base_256_digits(self.fixed)):
             matrix.index_put_(((cell + index * size).view(-1),), digit.view(-1).to(torch.float32), accumulate=True)
-            rest = (rest - digit) // 256
         return matrix.view(n, self.padded_in, _DIGITS * size)
 
 

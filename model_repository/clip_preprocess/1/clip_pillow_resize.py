@@ -33,8 +33,8 @@ PRECISION_BITS = 22  # Resample.c: 32 - 8 - 2 (two bits of headroom for the filt
 FLOAT64_SLICE_VALUES = 2**22  # input values per float64 product (32 MB as float64)
 _PILLOW_MAJOR = int(PIL.__version__.split(".")[0])
 # Pass matrices kept per process, the most recently used first: one per (input size, output size, crop, filter,
-# device). Building one takes about 0.5 ms of host time (Taps and PassMatrix, measured on our CPU VM); a
-# small photo's takes about 0.4 MB of GPU memory, a 12 MP photo's 2.7 MB.
+# device). One is built where it works (its weights computed on that device: some 50 small kernels, no copy
+# from the host); a small photo's takes about 0.4 MB of GPU memory, a 12 MP photo's 2.7 MB.
 _CACHE_BYTES = 256 * 2**20
 
 
@@ -91,57 +91,53 @@ def fixed_weights(in_sizes: np.ndarray, out_sizes: np.ndarray, firsts: np.ndarra
     return start, stop - start, fixed.to(torch.int64)
 
 
-class Taps:
-    """Pillow's 8-bit weights for outputs `first` .. `first + count` of resizing `in_size` to `out_size`
-    (fixed_weights), compactly: `fixed[i, j]` is output i's j-th tap, and (`rows`, `tap_index`, `columns`)
-    list every tap inside a window with the input it weighs."""
-
-    def __init__(self, in_size: int, out_size: int, first: int, count: int, interpolation: str = "bicubic"):
-        start, width, fixed = (values[0].numpy() for values in fixed_weights(
-            np.array([in_size]), np.array([out_size]), np.array([first]), count, interpolation))
-        self.fixed, self.in_size, self.count = fixed, in_size, count
-        self.rows, self.tap_index = np.nonzero(np.arange(fixed.shape[-1]) < width[:, None])
-        self.columns = start[self.rows] + self.tap_index
-
-    @classmethod
-    def from_matrix(cls, matrix: np.ndarray) -> "Taps":
-        """Any integer weights [count, in_size] (|weight| < 2**23) in this form: to check the products alone."""
-        taps = cls.__new__(cls)
-        taps.count, taps.in_size = matrix.shape
-        taps.fixed = matrix.astype(np.int64)
-        taps.rows, taps.tap_index = np.nonzero(np.ones_like(matrix, dtype=bool))
-        taps.columns = taps.tap_index
-        return taps
+def base_256_digits(weights: torch.Tensor) -> list[torch.Tensor]:
+    """Three signed digits d0 + 256 d1 + 65536 d2 of each weight, each in -128..127: exact for |weight| <
+    2**23, which holds for every weight Pillow makes (at most 1.125 x 2**22: the bicubic's overshoot)."""
+    digits, rest = [], weights
+    for _ in range(3):
+        digit = (rest + 128) % 256 - 128
+        digits.append(digit)
+        rest = (rest - digit) // 256
+    return digits
 
 
 class PassMatrix:
-    """One pass's weights on `device`, ready for exact products (`method`: "int8" or "float64"; default int8
-    on CUDA, float64 elsewhere)."""
+    """One pass's weights, ready for exact products on the device they are on (`method`: "int8" or "float64";
+    default int8 on CUDA, float64 elsewhere): output i weighs inputs start[i] .. start[i] + taps with
+    fixed[i] (int64 [count, taps], zero beyond its window), for inputs of `in_size` values."""
 
-    def __init__(self, taps: Taps, device: torch.device, method: str | None = None):
-        self.in_size, self.count = taps.in_size, taps.count
+    def __init__(self, start: torch.Tensor, fixed: torch.Tensor, in_size: int, method: str | None = None):
+        self.count, taps = fixed.shape
+        self.in_size = in_size
+        device = fixed.device
         self.method = method or exact_method(device)[0]
-        values = taps.fixed[taps.rows, taps.tap_index]
+        column = start[:, None] + torch.arange(taps, device=device)
+        # A tap past the last input weighs zero: it goes to a spare column (all such zeros land there together),
+        # so that no tap overwrites another.
+        column = torch.where(column < in_size, column, in_size)
+        output = torch.arange(self.count, device=device)[:, None].expand_as(column)
         if self.method == "float64":
-            matrix = np.zeros((self.in_size, self.count), np.float64)
-            matrix[taps.columns, taps.rows] = values
-            self.matrix = torch.from_numpy(matrix).to(device)
+            matrix = torch.zeros((in_size + 1, self.count), dtype=torch.float64, device=device)
+            matrix[column, output] = fixed.to(torch.float64)
+            self.matrix = matrix[:in_size]
             return
         # torch._int_mm on CUDA wants more than 16 rows, an inner size of at least 16 in multiples of 8 and an
-        # output count in multiples of 8; the inner size is padded to a multiple of 16 so that every row
-        # starts 16-byte aligned. The padding weighs zero. Three digits d0 + 256 d1 + 65536 d2, each in
-        # -128..127 (|weight| < 2**23).
-        self.padded_in, self.padded_count = -(-self.in_size // 16) * 16, -(-self.count // 8) * 8
-        stacked = np.zeros((3 * self.padded_count, self.padded_in), np.int8)  # [outputs, inputs]: column-major B
-        rest = values
-        for index in range(3):
-            digit = (rest + 128) % 256 - 128
-            stacked[index * self.padded_count + taps.rows, taps.columns] = digit
-            rest = (rest - digit) // 256
-        if np.any(rest != 0):
-            raise ValueError("a fixed-point weight does not fit in three int8 digits")
-        self.matrix = torch.from_numpy(stacked).to(device).t()
-        self.offset = torch.from_numpy(128 * taps.fixed.sum(axis=1)).to(device)  # p = (p - 128) + 128
+        # output count in multiples of 8; the inner size (the spare column included) is padded to a multiple of
+        # 16 so that every row starts 16-byte aligned. The padding weighs zero.
+        self.padded_in, self.padded_count = -(-(in_size + 1) // 16) * 16, -(-self.count // 8) * 8
+        stacked = torch.zeros((3, self.padded_count, self.padded_in), dtype=torch.int8, device=device)
+        for index, digit in enumerate(base_256_digits(fixed)):  # [outputs, inputs]: column-major B
+            stacked[index][output, column] = digit.to(torch.int8)
+        self.matrix = stacked.view(3 * self.padded_count, self.padded_in).t()
+        self.offset = 128 * fixed.sum(dim=1)  # p = (p - 128) + 128
+
+    @classmethod
+    def from_dense(cls, weights: torch.Tensor, method: str | None = None) -> "PassMatrix":
+        """Any integer weights [count, in_size] (|weight| < 2**23): to check the products alone."""
+        count, in_size = weights.shape
+        return cls(torch.zeros(count, dtype=torch.int64, device=weights.device), weights.to(torch.int64), in_size,
+                   method)
 
     @property
     def nbytes(self) -> int:
@@ -175,7 +171,8 @@ def int8_self_check(device: torch.device) -> str | None:
     weights = generator.integers(-(2 ** 22), 2 ** 22, size=(24, 40))
     pixels = generator.integers(0, 256, size=(3, 7, 40), dtype=np.uint8)
     try:
-        sums = PassMatrix(Taps.from_matrix(weights), device, "int8").sums(torch.from_numpy(pixels).to(device))
+        sums = PassMatrix.from_dense(torch.from_numpy(weights).to(device), "int8").sums(
+            torch.from_numpy(pixels).to(device))
     except Exception as error:  # noqa: BLE001 - whatever the library says is the reason
         return f"torch._int_mm failed: {error!r}"
     if not np.array_equal(sums.cpu().numpy(), pixels.astype(np.int64) @ weights.T):
@@ -207,7 +204,9 @@ def pass_matrix(in_size: int, out_size: int, first: int, count: int, interpolati
     if key in _matrices:  # the hot path: an image size seen recently
         _matrices.move_to_end(key)
         return _matrices[key]
-    matrix = _matrices[key] = PassMatrix(Taps(in_size, out_size, first, count, interpolation), device, method)
+    start, _, fixed = fixed_weights(np.array([in_size]), np.array([out_size]), np.array([first]), count,
+                                    interpolation, device)
+    matrix = _matrices[key] = PassMatrix(start[0], fixed[0], in_size, method)
     while sum(held.nbytes for held in _matrices.values()) > _CACHE_BYTES and len(_matrices) > 1:
         _matrices.popitem(last=False)
     return matrix
