@@ -40,6 +40,9 @@ VARIANTS = {  # --variants name: (overrides of the GPU target's defaults, levels
     "preprocess-6": ({"preprocess_instances": 6}, HIGH_LEVELS),
     "no-cuda-graphs": ({"cuda_graph_batch_sizes": ()}, {"small": "1x1,64x1:4", "phone": "1x1"}),
     "per-size-resize": ({"mixed_resize_max_pixels": 0}, {"small": HIGH_LEVELS["small"], "varied": VARIED_LEVELS}),
+    # the queue delays first chosen: do they batch better at mid load (64 single images) than none?
+    "queue-delay-500": ({"preprocess_queue_delay_us": 500, "visual_queue_delay_us": 500},
+                        {"small": "1x1,64x1:4," + HIGH_LEVELS["small"]}),
 }
 CHECKED_VARIED_IMAGES = 128  # the feature check's share of the 1,024 (the exact transform runs on the CPU)
 

@@ -121,6 +121,6 @@ def test_cpu_defaults_split_fp32_but_not_int8_and_never_hold_requests() -> None:
         for name in ("clip_preprocess", "clip_visual"):
             assert configs[name].dynamic_batching.max_queue_delay_microseconds == 0
     gpu = model_configs(spec, RepositoryOptions(target="gpu"))
-    assert gpu["clip_visual"].dynamic_batching.max_queue_delay_microseconds == 500
+    assert gpu["clip_visual"].dynamic_batching.max_queue_delay_microseconds == 0
     assert "split_ways" not in gpu["clip_visual"].parameters
     assert available_cores() >= 1

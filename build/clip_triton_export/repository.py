@@ -49,8 +49,9 @@ _CPU_ONNX_RUNTIMES = {"VisionTransformer": "openvino", "ModifiedResNet": "onnxru
 # preprocesses on the GPU too (JPEGs) and wants large batches: its composing models take up to 256 images
 # per execution (preferred 64/128/256; the ensemble still takes at most 64 per request), two preprocessing
 # instances per GPU (one decodes while the other resizes or waits for its CPU-path images), one visual
-# instance (a batch of 256 keeps the GPU busy), and short queue delays so that batches form under load
-# without holding a lone request long. Its visual model replays CUDA graphs for batches of up to 64
+# instance (a batch of 256 keeps the GPU busy), and no queue delay either: on the H200 the 0.5 ms delays
+# first chosen cost a lone small JPEG 1.25 ms of its 11.4 ms p50 (Triton's queue time, 0.62 ms per model),
+# while under load a busy instance's queue fills anyway (256-image preprocessing batches were measured). Its visual model replays CUDA graphs for batches of up to 64
 # images (cuda_graphs.py says why), in steps of at most 1.5x (a batch pads to the next size); larger batches
 # keep the GPU busy long enough for eager launches to overlap its work.
 TARGET_DEFAULTS = {
@@ -59,7 +60,7 @@ TARGET_DEFAULTS = {
             "preprocess_queue_delay_us": 0, "visual_queue_delay_us": 0, "cuda_graph_batch_sizes": ()},
     "gpu": {"fmt": "torchscript", "precision": "fp16", "preprocess_instances": 2, "preprocess_threads": 4,
             "visual_instances": 1, "preferred_batch_sizes": (64, 128, 256), "max_queue_size": 512,
-            "preprocess_queue_delay_us": 500, "visual_queue_delay_us": 500, "composing_max_batch_size": 256,
+            "preprocess_queue_delay_us": 0, "visual_queue_delay_us": 0, "composing_max_batch_size": 256,
             "cuda_graph_batch_sizes": (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)},
 }
 VISUAL_BACKENDS = ("python", "native")

@@ -7,8 +7,9 @@ What Pillow computes (src/libImaging/Resample.c): a resize is one or two separab
 position a pass takes filter weights computed in double precision, normalized to sum 1 and rounded to fixed
 point with 22 fractional bits; each output value is the integer sum of input value x weight, plus one half,
 shifted right by 22 bits and clipped to 0..255. So a pass is a product of the pixels with an integer matrix,
-then that rounding. Here the matrix is built by the same double-precision steps in the same order, and the
-product is computed exactly, so every output value is Pillow's own:
+then that rounding. Here the weights are computed by the same double-precision steps in the same order
+(elementwise float64 in torch, on the device the matrix works on: IEEE-rounded alike on a CPU and a GPU), and
+the product is computed exactly, so every output value is Pillow's own:
 - on CUDA with int8 tensor cores (`torch._int_mm`): a pixel p enters as p - 128 (int8); each weight is split
   into three signed base-256 digits, whose three matrices go side by side in one product with int32
   accumulation (each sum is at most 128 x 128 x taps, far below 2**31); the parts are recombined in int64,
