@@ -45,6 +45,13 @@ def shipped_gpu_transform(directory: Path) -> ModuleType:
     return module
 
 
+# Sizes for the mixed-size resize: downscales and upscales, a side already 224 (not resampled), tall images
+# whose vertical pass comes first (Pillow 13), tiny ones, 1-pixel lines, portrait and landscape of the same
+# sizes, and a near-square pair.
+MIXED_SIZES = [(451, 300), (300, 451), (224, 500), (640, 224), (225, 1000), (1000, 225), (17, 9), (100, 60),
+               (1023, 767), (224, 224), (333, 334), (334, 333), (800, 1800), (97, 400), (1, 300), (300, 1), (2, 2)]
+
+
 def jpeg(image: Image.Image, **options) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", **options)

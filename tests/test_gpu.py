@@ -24,7 +24,7 @@ from clip_triton import ClipClient, InvalidImageError, contract, transform
 from clip_triton.transform import preprocess, preprocess_batch
 from clip_triton_export.pipeline import export_repository, load_source
 from conftest import IMAGE_NAMES, image_bytes, running_server
-from gpu_support import jpeg, jpeg_photos, model_gauge, shipped_gpu_transform, shipped_module
+from gpu_support import MIXED_SIZES, jpeg, jpeg_photos, model_gauge, shipped_gpu_transform, shipped_module
 
 CUDA = torch.cuda.is_available()
 pytestmark = [pytest.mark.gpu, pytest.mark.server,
@@ -136,14 +136,14 @@ def test_the_gpu_resize_is_pillows_bit_for_bit_on_cuda(tmp_path: Path, interpola
 @pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
 def test_the_mixed_size_resize_is_pillows_bit_for_bit_on_cuda(tmp_path: Path, interpolation: str) -> None:
     """The batched float32-digit products (TF32 tensor cores where the self-check passes) resize a batch of
-    the shared photos, each at several sizes, to Pillow's own pixels: not one value differs."""
+    the shared photos and of the CPU tests' sizes (vertical-first, unchanged sides, upscales, 1-pixel lines)
+    to Pillow's own pixels: not one value differs."""
     shipped_gpu_transform(tmp_path)
     mixed = sys.modules["clip_mixed_resize"]
     assert mixed.use_tf32(torch.device("cuda")) == (True, None)  # the self-check passed
     settings = transform.Preprocessing(interpolation=interpolation)
     photos = [Image.open(io.BytesIO(image_bytes(name))).convert("RGB") for name in IMAGE_NAMES]
-    photos += [photo.resize((photo.width * 3 // 4 + 1, photo.height * 5 // 4), Image.BICUBIC) for photo in photos]
-    photos.append(photos[0].resize((1920, 1080), Image.BICUBIC))
+    photos += [photos[0].resize(size, Image.BICUBIC) for size in MIXED_SIZES + [(1920, 1080)]]
     plans = [transform.resize_plan(*photo.size, 224, preprocessing=settings) for photo in photos]
     tensors = [torch.from_numpy(np.asarray(photo).copy()).permute(2, 0, 1).cuda() for photo in photos]
     resized = mixed.resize_crop_mixed(tensors, plans, 224, interpolation).cpu()

@@ -14,12 +14,8 @@ from PIL import Image
 
 from clip_triton import transform
 from conftest import image_bytes
+from gpu_support import MIXED_SIZES as SIZES
 from gpu_support import jpeg, shipped_gpu_transform
-
-# Downscales and upscales, a side already 224 (not resampled), tall images whose vertical pass comes first
-# (Pillow 13), a tiny one, portrait and landscape of the same sizes, and a near-square pair.
-SIZES = [(451, 300), (300, 451), (224, 500), (640, 224), (225, 1000), (1000, 225), (17, 9), (100, 60),
-         (1023, 767), (224, 224), (333, 334), (334, 333), (800, 1800), (97, 400)]
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +87,20 @@ def test_many_weights_at_once_are_each_resizes_own(gpu_transform) -> None:
                 assert dense[output].abs().sum() == dense[output, begin:begin + inside].abs().sum()
 
 
+def test_a_size_that_does_not_change_gets_the_identity(gpu_transform) -> None:
+    """Pillow skips the pass of a size that does not change; its own weights for that are exactly the
+    identity, which the mixed resize uses instead (one code path for every image)."""
+    resize = sys.modules["clip_pillow_resize"]
+    for interpolation in ("bicubic", "bilinear"):
+        for first in (0, 5):
+            lengths = np.arange(first + 224, 3000, 7)
+            start, _, fixed = resize.fixed_weights(lengths, lengths, np.full(len(lengths), first), 224, interpolation)
+            columns = start[..., None] + torch.arange(fixed.shape[-1])
+            assert ((fixed != 0).sum(-1) == 1).all() and (fixed.sum(-1) == 1 << resize.PRECISION_BITS).all()
+            assert torch.equal(columns[fixed != 0].view(len(lengths), 224),
+                               (first + torch.arange(224)).expand(len(lengths), 224))
+
+
 def test_pillows_weights_fit_in_three_base_256_digits(gpu_transform) -> None:
     """The mixed resize splits weights into three signed base-256 digits without checking each (a check would
     wait for the GPU): every weight Pillow makes lies within +-2**23, for any size to any size it resizes."""
@@ -106,17 +116,19 @@ def test_pillows_weights_fit_in_three_base_256_digits(gpu_transform) -> None:
 
 
 def test_the_products_are_exact_at_the_widest_window(mixed) -> None:
-    """The largest digits and pixels over MAX_TAPS inputs: float32 (and the TF32 path's arithmetic) still give
-    the exact integer sums; one input more per window than the bound could lose the last bit."""
-    generator = np.random.default_rng(3)
+    """The largest digits and pixels over MAX_TAPS inputs, the largest sums included: float32 (and the TF32
+    path's arithmetic) still gives the exact integer sums; two inputs more per window, and an odd sum beyond
+    2**24 exists, which no float32 holds."""
     size = 16
-    digits = generator.choice(np.array([-128, 127, 126, -127]), size=(2, mixed.MAX_TAPS, 3 * size))
-    pixels = generator.choice(np.array([254, 255]), size=(2, 6, mixed.MAX_TAPS))
-    expected = sum(256**k * (pixels @ digits[..., k * size:(k + 1) * size]) for k in range(3))
+    pixels, digits, expected = mixed.extreme_products(mixed.MAX_TAPS, size)
+    widest = (pixels @ digits)[0, 0, 0]  # one digit's sum: what float32 adds up
+    assert widest == -(255 * 128 * mixed.MAX_TAPS - 255) and widest % 2 == 1
     sums = mixed.exact_sums(torch.from_numpy(pixels).float(), torch.from_numpy(digits).float(), size)
     assert sums.dtype == torch.float64 and np.array_equal(sums.numpy(), expected.astype(np.float64))
     assert mixed.tf32_self_check(torch.device("cpu")) is None
-    assert 255 * 128 * mixed.MAX_TAPS < 2**24 <= 255 * 128 * (mixed.MAX_TAPS + 1)
+    pixels, digits, expected = mixed.extreme_products(mixed.MAX_TAPS + 2, size)
+    too_wide = mixed.exact_sums(torch.from_numpy(pixels).float(), torch.from_numpy(digits).float(), size)
+    assert abs((pixels @ digits)[0, 0, 0]) > 2**24 and too_wide[0, 0, 0] != expected[0, 0, 0]
 
 
 def test_windows_too_wide_for_exact_products_are_refused_and_never_routed_here(mixed) -> None:
@@ -142,6 +154,8 @@ def test_groups_stay_within_the_budget_largest_first(mixed) -> None:
         assert len(group) * widest <= 1_200_000, group
     narrow = mixed.groups([(160, 700), (100, 800)], 224, budget=1_000_000)
     assert narrow == [[0], [1]], "two of 672 digit columns x 800 rows are over the budget, though 160 x 800 is not"
+    banners = mixed.groups([(3000, 2)] * 4, 224, budget=1_000_000)
+    assert banners == [[0], [1], [2], [3]], "3000 inputs x 224 outputs of weights: one such image fills it"
     areas = [lengths[i][0] * lengths[i][1] for group in grouped for i in group]
     assert areas == sorted(areas, reverse=True)
 

@@ -5,12 +5,13 @@ Shipped beside the GPU target's clip_preprocess as `clip_mixed_resize.py`; it ne
 clip_pillow_resize for Pillow's weights.
 
 Why: the per-size resize (clip_pillow_resize.resize_crop) launches about 25 kernels and, for a size it has
-not seen recently, builds two weight matrices on the host (1-3 ms on our CPU VM) for every distinct image
-size in a batch. Photos from the web come in nearly as many sizes as there are photos, so a batch of 64 paid
+not seen recently, about 200 more to build its two weight matrices, for every distinct image size in a
+batch. Photos from the web come in nearly as many sizes as there are photos, so a batch of 64 paid
 that 64 times. Here a whole batch of small images takes two batched matrix products:
 - each image is resized along one axis, then along the other, in Pillow's order (an image whose vertical pass
   comes first is transposed before, so its first pass is along its last axis too, and the results line up);
-  a dimension whose size does not change gets the identity (Pillow skips it: the same values);
+  a dimension whose size does not change gets Pillow's weights for that, the identity (Pillow skips it: the
+  same values);
 - the images are zero-padded to the largest sizes of their group; Pillow's weights for the whole group are
   computed where the images are (fixed_weights: Pillow's float64 steps, elementwise, so the same on any
   device) and assembled there into zero-padded matrices, so the host does no per-image work but a copy;
@@ -30,11 +31,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from clip_pillow_resize import PRECISION_BITS, base_256_digits, fixed_weights, vertical_pass_first
+from clip_pillow_resize import PRECISION_BITS, base_256_digits, fixed_weights, to_device, vertical_pass_first
 
-# Values per channel of one group's first product, input or output (bounds GPU memory: 16 M of 3 channels are
-# 192 MB of float32 either, a float64 copy of a third of the output, and up to ~150 MB of weight matrices:
-# about 0.6 GB at most).
+# Values per channel of one group's first product, its input, output and weights alike (bounds GPU memory:
+# 16 M of 3 channels are 192 MB of float32 each, plus a float64 copy of a third of the output: about 0.7 GB at
+# most).
 GROUP_BUDGET_PIXELS = 16 * 2**20
 # The largest window these products take: 255 x 128 x taps must stay below 2**24 for float32 to be exact.
 # Shrinking an axis k times takes windows of 4k + 3 inputs (bicubic), so at most 100x here leaves room.
@@ -51,15 +52,10 @@ class _Pass:
 
     def __init__(self, lengths: np.ndarray, new_lengths: np.ndarray, offsets: np.ndarray, size: int,
                  interpolation: str, device: torch.device):
-        start, _, fixed = fixed_weights(lengths, new_lengths, offsets, size, interpolation, device)
-        if fixed.shape[-1] > MAX_TAPS:
-            raise ValueError(f"a window of {fixed.shape[-1]} inputs is too wide for exact float32 products")
-        same = torch.from_numpy(lengths == new_lengths).to(device)  # not resampled: output j is input offset + j
-        identity_start = torch.from_numpy(offsets).to(device)[:, None] + torch.arange(size, device=device)
-        self.start = torch.where(same[:, None], identity_start, start)
-        identity = torch.zeros_like(fixed[0])
-        identity[:, 0] = 1 << PRECISION_BITS
-        self.fixed = torch.where(same[:, None, None], identity, fixed)
+        # A length that does not change gets the identity (fixed_weights says why): Pillow skips that pass.
+        self.start, _, self.fixed = fixed_weights(lengths, new_lengths, offsets, size, interpolation, device)
+        if self.fixed.shape[-1] > MAX_TAPS:
+            raise ValueError(f"a window of {self.fixed.shape[-1]} inputs is too wide for exact float32 products")
         self.padded_in = int(lengths.max())
 
     def matrices(self) -> torch.Tensor:
@@ -79,7 +75,9 @@ class _Pass:
 
 
 def _products(values: torch.Tensor, weights: torch.Tensor, tf32: bool) -> torch.Tensor:
-    """torch.bmm with TF32 tensor cores on or off for this product alone (the process's setting is restored)."""
+    """torch.bmm with TF32 tensor cores on or off for this product alone (the process's setting is restored).
+    The legacy flag: setting it keeps torch's newer fp32_precision in step, where setting that one alone would
+    make a later read of the legacy flag raise (torch >= 2.9 refuses a mix of the two)."""
     if values.device.type != "cuda":
         return torch.bmm(values, weights)
     before = torch.backends.cuda.matmul.allow_tf32
@@ -103,14 +101,25 @@ def _apply(values: torch.Tensor, weights: torch.Tensor, size: int) -> torch.Tens
     return sums.add_(1 << (PRECISION_BITS - 1)).div_(1 << PRECISION_BITS).floor_().clamp_(0, 255).float()
 
 
+def extreme_products(taps: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixels [1, 5, taps], digits [1, taps, 3 size] and their exact sums [1, 5, size]: random values of the
+    largest magnitudes, and in row 0 the largest sums there are (column 0: 255 x -128 at every tap but one
+    255 x -127, an odd total; column 1: 255 x 127 at every tap)."""
+    generator = np.random.default_rng(0)
+    digits = generator.choice(np.array([-128, 127, -1, 0, 1]), size=(1, taps, _DIGITS * size))
+    pixels = generator.choice(np.array([0, 1, 254, 255]), size=(1, 5, taps))
+    pixels[0, 0] = 255
+    digits[0, :, 0], digits[0, :, 1] = -128, 127
+    digits[0, 0, 0] = -127
+    expected = sum(256**k * (pixels @ digits[..., k * size:(k + 1) * size]) for k in range(_DIGITS))
+    return pixels, digits, expected
+
+
 def tf32_self_check(device: torch.device) -> str | None:
     """Why TF32 products cannot be trusted on `device` (they fail, or differ from the exact sums at the widest
     window with the largest digits and pixels), or None when they agree."""
-    generator = np.random.default_rng(0)
     size = 8
-    digits = generator.choice(np.array([-128, 127, -1, 0, 1]), size=(1, MAX_TAPS, _DIGITS * size))
-    pixels = generator.choice(np.array([0, 1, 254, 255]), size=(1, 5, MAX_TAPS))
-    expected = sum(256**k * (pixels @ digits[..., k * size:(k + 1) * size]) for k in range(_DIGITS))
+    pixels, digits, expected = extreme_products(MAX_TAPS, size)
     try:
         sums = exact_sums(torch.from_numpy(pixels).float().to(device), torch.from_numpy(digits).float().to(device),
                           size, tf32=True)
@@ -168,14 +177,15 @@ def _resize_group(images: Sequence[torch.Tensor], plans: Sequence[tuple[int, int
     across = once.view(n, channels, second.padded_in, size).transpose(-1, -2).reshape(n, -1, second.padded_in)
     twice = _apply(across, second.matrices(), size).view(n, channels, size, size)
     # An image resized width first now lies transposed ([C, width, height]); a vertical-first one is upright.
-    upright = torch.from_numpy(vertical_first).to(device).view(n, 1, 1, 1)
+    upright = to_device(vertical_first, device).view(n, 1, 1, 1)
     return torch.where(upright, twice, twice.transpose(-1, -2)).to(torch.uint8)
 
 
 def groups(lengths: Sequence[tuple[int, int]], size: int, budget: int | None = None) -> list[list[int]]:
-    """Indices grouped so that each group's first product, input or output (members x longest second pass x
-    the longer of the longest first pass and the 3 x `size` digit columns), stays within `budget` values per
-    channel (GROUP_BUDGET_PIXELS by default; an image over it forms a group alone), largest images first."""
+    """Indices grouped, largest images first, so that each group's first product stays within `budget` values
+    per channel (GROUP_BUDGET_PIXELS by default) for its input (members x longest second pass x longest first
+    pass), its output (the first pass's 3 x `size` digit columns in its place) and its weights (members x
+    longest first pass x `size`, for each of 3 digits); an image over it forms a group alone."""
     budget = GROUP_BUDGET_PIXELS if budget is None else budget
     order = sorted(range(len(lengths)), key=lambda i: lengths[i][0] * lengths[i][1], reverse=True)
     grouped: list[list[int]] = []
@@ -183,7 +193,8 @@ def groups(lengths: Sequence[tuple[int, int]], size: int, budget: int | None = N
     for index in order:
         first, second = lengths[index]
         grown = (max(longest[0], first), max(longest[1], second))
-        if grouped and (len(grouped[-1]) + 1) * max(grown[0], _DIGITS * size) * grown[1] <= budget:
+        largest = max(grown[0] * grown[1], _DIGITS * size * grown[1], grown[0] * size)
+        if grouped and (len(grouped[-1]) + 1) * largest <= budget:
             grouped[-1].append(index)
             longest = grown
         else:
