@@ -76,6 +76,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--varied-levels", default=VARIED_LEVELS,
                         help=f"server levels, small JPEGs of many sizes ({VARIED_LEVELS})")
     parser.add_argument("--no-variants", action="store_true", help="measure the defaults only")
+    parser.add_argument("--variants-only", action="store_true",
+                        help="only the variants, added to the results.json of an earlier run in --report-dir "
+                             "(same --work-dir): the defaults' figures one run, the variants another")
+    parser.add_argument("--nvjpeg-processes", default="2,4,8",
+                        help="nvJPEG alone in this many processes at once, comma list (2,4,8; empty: none)")
+    parser.add_argument("--no-libjpeg", action="store_true", help="skip libjpeg decoding alone")
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help=f"comma list of the settings to compare with the defaults ({', '.join(VARIANTS)})")
     parser.add_argument("--fidelity", type=Path, help="JSON written by `make test-gpu` (CLIP_TRITON_GPU_FIDELITY)")
@@ -88,16 +94,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"unknown --variants {', '.join(map(repr, unknown))}; choose from: {', '.join(VARIANTS)}")
     if len(set(args.variants)) < len(args.variants):
         parser.error(f"--variants names a setting twice: {', '.join(args.variants)}")
+    if args.variants_only and (args.no_variants or not args.variants):
+        parser.error("--variants-only needs variants to measure")
+    args.nvjpeg_processes = [int(part) for part in args.nvjpeg_processes.split(",") if part.strip()]
     return args
 
 
 class Run:
     """The results dictionary, saved after every stage; a failed stage records its error and the run goes on."""
 
-    def __init__(self, report_dir: Path):
+    def __init__(self, report_dir: Path, results: dict | None = None):
         self.report_dir = report_dir
-        self.results: dict = {"schema": 1, "errors": {}}
+        self.results: dict = results or {"schema": 1, "errors": {}}
+        self.results.setdefault("stage_seconds", {})
         report_dir.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def resumed(cls, report_dir: Path) -> "Run":
+        """The run whose results.json is in `report_dir`, to add stages to."""
+        saved = report_dir / "results.json"
+        if not saved.is_file():
+            raise SystemExit(f"--variants-only: no {saved} from an earlier run to add the variants to")
+        return cls(report_dir, json.loads(saved.read_text()))
 
     def stage(self, name: str, measure: Callable[[], object]):
         say(f"{name} ...")
@@ -111,6 +129,7 @@ class Run:
         else:
             self.results[name] = value
             say(f"{name} done in {time.monotonic() - started:.1f} s")
+        self.results["stage_seconds"][name] = round(time.monotonic() - started, 1)
         self.save()
         return value
 
@@ -149,9 +168,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from . import gpu_inprocess, gpu_report
 
-    run = Run(args.report_dir)
-    run.results["machine"] = machine.describe()
-    run.results["settings"] = {key: str(value) for key, value in vars(args).items()}
+    run = Run.resumed(args.report_dir) if args.variants_only else Run(args.report_dir)
+    run.results["machine" if not args.variants_only else "variants_machine"] = machine.describe()
+    run.results["settings" if not args.variants_only else "variants_settings"] = {
+        key: str(value) for key, value in vars(args).items()}
     say(machine.one_line(run.results["machine"]))
     work = args.work_dir
     small = workloads.small_jpegs(args.images, work / "small-jpegs")
@@ -184,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.empty_cache()
         return measured
 
-    run.stage("openai_way", openai)
+    if not args.variants_only:
+        run.stage("openai_way", openai)
 
     def export() -> dict:
         repository = args.repository or work / "repository"
@@ -193,11 +214,12 @@ def main(argv: list[str] | None = None) -> int:
                                   random_init=None if args.checkpoint else args.random_init, target="gpu"))
         return {"path": str(repository)}
 
-    exported = run.stage("repository", export)
+    exported = run.results.get("repository") if args.variants_only else run.stage("repository", export)
     repository = Path(exported["path"]) if exported else None
     artifact = repository / contract.VISUAL_MODEL / "1" / "model.pt" if repository else None
 
-    run.stage("model_alone", lambda: gpu_inprocess.model_alone(artifact, size, (256, 1024), args.seconds))
+    if not args.variants_only:
+        run.stage("model_alone", lambda: gpu_inprocess.model_alone(artifact, size, (256, 1024), args.seconds))
 
     def decoding() -> dict:
         folder = repository / contract.PREPROCESS_MODEL / "1"
@@ -222,16 +244,19 @@ def main(argv: list[str] | None = None) -> int:
             if name == "varied":
                 continue  # decoding costs the same whatever the sizes: measured on the other two
             batch = 64 if name == "phone" else 256
-            for processes in (2, 4, 8):  # torchvision holds one nvJPEG decoder per process
+            for processes in args.nvjpeg_processes:  # torchvision holds one nvJPEG decoder per process
                 scaled = gpu_inprocess.nvjpeg_in_processes(images, batch, processes, args.seconds)
                 measured[f"nvjpeg_{name}_{processes}_processes"] = scaled
                 say(f"  {name}: nvJPEG in {processes} processes at once: {scaled['images_per_s']:.0f} images/s")
-            threads = machine.describe(with_gpu=False)["usable_cpus"]
-            measured[f"libjpeg_{name}"] = gpu_inprocess.libjpeg_alone(images, threads, args.seconds)
-            say(f"  {name}: libjpeg on {threads} CPU threads: {measured[f'libjpeg_{name}']['images_per_s']:.0f} images/s")
+            if not args.no_libjpeg:
+                threads = machine.describe(with_gpu=False)["usable_cpus"]
+                measured[f"libjpeg_{name}"] = gpu_inprocess.libjpeg_alone(images, threads, args.seconds)
+                say(f"  {name}: libjpeg on {threads} CPU threads: "
+                    f"{measured[f'libjpeg_{name}']['images_per_s']:.0f} images/s")
         return measured
 
-    run.stage("decoding_alone", decoding)
+    if not args.variants_only:
+        run.stage("decoding_alone", decoding)
 
     def serve_and_measure(served_repository: Path, levels: dict[str, str], check: bool) -> dict:
         measured: dict = {"sweeps": {}, "check": {}}
@@ -278,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
             run.save()
         return measured
 
-    run.stage("server", server)
+    if not args.variants_only:
+        run.stage("server", server)
     if not args.no_variants:
         run.stage("variants", variants)
     if args.fidelity and args.fidelity.is_file():

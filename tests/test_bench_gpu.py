@@ -2,6 +2,7 @@
 its report judges the targets from the figures (measured figures come from a GPU host only)."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -85,3 +86,21 @@ def test_the_resizes_two_ways_are_reported_side_by_side_and_every_workloads_erro
     assert "| the whole GPU transform alone, small JPEGs (the shared photos' sizes) | 6,000 | 5,000 |" in page
     assert "| per-size-resize (mixed_resize_max_pixels=0) | small: 32x64; varied: 32x64 | 5,300 | – | – / – | 0 |" in page
     assert "## The GPU resize" not in gpu_report.markdown({}), "nothing measured, no section"
+
+
+def test_a_run_records_each_stages_time_and_a_later_run_adds_to_it(tmp_path) -> None:
+    """--variants-only adds the variants to an earlier run's results.json (the defaults one device session,
+    the variants the next); without one it says so."""
+    with pytest.raises(SystemExit, match="no .*results.json from an earlier run"):
+        gpu.Run.resumed(tmp_path)
+    first = gpu.Run(tmp_path)
+    first.stage("server", lambda: {"sweeps": {}})
+    first.stage("broken", lambda: 1 / 0)
+    assert set(first.results["stage_seconds"]) == {"server", "broken"}
+    assert first.results["errors"]["broken"].startswith("ZeroDivisionError")
+    later = gpu.Run.resumed(tmp_path)
+    later.stage("variants", lambda: {"preprocess-4": {}})
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["server"] == {"sweeps": {}} and saved["variants"] == {"preprocess-4": {}}
+    assert set(saved["stage_seconds"]) == {"server", "broken", "variants"}
+    assert gpu.parse_args(["--nvjpeg-processes", "4,8", "--no-libjpeg"]).nvjpeg_processes == [4, 8]

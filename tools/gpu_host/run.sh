@@ -3,7 +3,12 @@
 # root, with .gpu/ from tools/gpu_host/prepare.sh beside it: installs numpy<2 into the interpreter's own
 # site-packages (Triton's Python stub ignores PYTHONPATH), unpacks Triton, then `make test-gpu` and
 # `make bench-gpu`, each under its own time limit. Logs and reports go to $OUT (default: out/gpu_host).
-#   TEST_TIMEOUT=240 BENCH_TIMEOUT=300 SKIP_TESTS=0 BENCH_ARGS='--seconds 3 --warmup 1.5 --variants ...'
+# PHASE splits the work over two device calls of at most 10 minutes each (the machine stays warm between):
+#   PHASE=main      test-gpu, then bench-gpu without the variants (the defaults' figures)
+#   PHASE=variants  bench-gpu --variants-only: VARIANTS added to main's results.json and report
+#   PHASE=all       both in one call (the default; it may pass 10 minutes)
+#   TEST_TIMEOUT=240 BENCH_TIMEOUT=300 SKIP_TESTS=0 VARIANTS=no-cuda-graphs,preprocess-4,... BENCH_ARGS='...'
+# The report is rendered again from results.json at the end, so a bench cut short by its limit still has one.
 set -u
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-out/gpu_host}
@@ -21,13 +26,21 @@ export CLIP_TRITON_HOME=/tmp/tr/pytriton/tritonserver PYTHONUNBUFFERED=1
 python3 -c "import numpy, torch, torchvision, PIL, tritonclient.grpc; print('numpy', numpy.__version__, 'torch', \
 torch.__version__, 'torchvision', torchvision.__version__, 'pillow', PIL.__version__, torch.cuda.get_device_name())"
 echo "setup: $(( $(date +%s) - T0 )) s"
-if [ "${SKIP_TESTS:-0}" != 1 ]; then
+if [ "${SKIP_TESTS:-0}" != 1 ] && [ "${PHASE:-all}" != variants ]; then
   timeout "${TEST_TIMEOUT:-240}" make test-gpu PY=python3 PYTEST_ARGS='-q -rs --durations=12'
   echo "test-gpu exit $? at $(( $(date +%s) - T0 )) s"
   cp bench_out/gpu/fidelity.json "$OUT/" 2>/dev/null
 fi
+PHASE=${PHASE:-all}
+VARIANTS=${VARIANTS:-no-cuda-graphs,preprocess-4,queue-delay-500,per-size-resize}
+case "$PHASE" in
+  main) MODE="--no-variants --nvjpeg-processes 4,8" ;;
+  variants) MODE="--variants-only --variants $VARIANTS" ;;
+  *) MODE="--variants $VARIANTS" ;;
+esac
 timeout "${BENCH_TIMEOUT:-300}" make bench-gpu PY=python3 \
-  BENCH_GPU_ARGS="${BENCH_ARGS:---seconds 3 --warmup 1.5 --variants preprocess-4,no-cuda-graphs}"
-echo "bench-gpu exit $? at $(( $(date +%s) - T0 )) s"
+  BENCH_GPU_ARGS="${BENCH_ARGS:---seconds 3 --warmup 1.5} $MODE"
+echo "bench-gpu ($PHASE) exit $? at $(( $(date +%s) - T0 )) s"
+python3 -m bench.gpu_report bench/report/gpu/results.json
 cp bench/report/gpu/results.json bench/report/gpu/report.md bench/report/gpu/throughput.png "$OUT/" 2>/dev/null
 grep -E "^E|error|Error|CUDA graphs" bench_out/gpu/tritonserver.log 2>/dev/null | tail -30 > "$OUT/tritonserver-notes.log"
