@@ -45,9 +45,10 @@ def test_a_batch_of_many_sizes_gets_pillows_pixels_bit_for_bit(mixed, monkeypatc
     plans = [transform.resize_plan(*photo.size, 224, preprocessing=settings) for photo in batch]
     expected = [transform.resize_and_crop(photo, 224, preprocessing=settings) for photo in batch]
     monkeypatch.setattr(mixed, "GROUP_BUDGET_PIXELS", 4 * 2**20)  # several groups, the order restored after
-    assert len(mixed.groups([mixed._first_and_second_lengths(as_tensor(p), plan)
-                             for p, plan in zip(batch, plans)], 224)) > 2
+    grouped, real_groups = [], mixed.groups
+    monkeypatch.setattr(mixed, "groups", lambda *args: grouped.append(real_groups(*args)) or grouped[-1])
     resized = mixed.resize_crop_mixed([as_tensor(photo) for photo in batch], plans, 224, interpolation)
+    assert len(grouped[0]) > 2
     assert resized.dtype == torch.uint8 and resized.shape == (len(batch), 3, 224, 224)
     for size, actual, wanted in zip(SIZES, resized, expected):
         assert np.array_equal(actual.permute(1, 2, 0).numpy(), wanted), size
@@ -176,10 +177,12 @@ def test_tf32_is_used_only_where_its_self_check_passes(mixed, monkeypatch) -> No
     assert mixed.use_tf32(torch.device("cuda", 1)) == (True, None)
 
 
-def test_small_jpegs_take_the_mixed_resize_and_big_ones_the_per_size_one(gpu_transform, monkeypatch) -> None:
-    """Routing in BatchPreprocessor: up to mixed_resize_max_pixels one mixed call per batch of several sizes,
-    above it (and a batch of one size) size by size; either way (and with the mixed resize off) the exact
-    path's pixels, in order."""
+def test_lone_new_sizes_are_resized_together_and_the_rest_size_by_size(gpu_transform, monkeypatch) -> None:
+    """Routing in BatchPreprocessor: small JPEGs alone in their size with no cached weights take one mixed call
+    when there are two or more; a size seen twice in the batch or recently, a big JPEG (over
+    mixed_resize_max_pixels) and a lone new size take the per-size resize. Every way gives the exact path's
+    pixels, in order."""
+    pillow_resize = sys.modules["clip_pillow_resize"]
     batch = photos([(451, 300), (640, 480), (300, 451), (1000, 872), (640, 480), (17, 9)])
     images = [jpeg(photo, quality=90) for photo in batch]
     expected, _ = transform.preprocess_batch(images, 224)
@@ -196,21 +199,24 @@ def test_small_jpegs_take_the_mixed_resize_and_big_ones_the_per_size_one(gpu_tra
 
     monkeypatch.setattr(gpu_transform, "resize_crop_mixed", mixed_spy)
     monkeypatch.setattr(gpu_transform, "resize_crop", per_size_spy)
-    for limit, mixed_calls, per_size_calls in (
-            (640 * 480, [[(17, 9), (300, 451), (451, 300), (640, 480), (640, 480)]], [(1000, 872, 1)]),
-            (0, [], [(451, 300, 1), (640, 480, 2), (300, 451, 1), (1000, 872, 1), (17, 9, 1)])):
+
+    def routed(chosen: list[int], limit: int = 640 * 480) -> dict:
         calls["mixed"].clear(), calls["per-size"].clear()
         pre = gpu_transform.BatchPreprocessor(224, torch.device("cpu"), torch.float32, mixed_resize_max_pixels=limit)
-        pixels, errors = pre(images)
+        pixels, errors = pre([images[i] for i in chosen])
         pre.close()
-        assert not errors and np.array_equal(pixels.numpy(), expected), limit
-        assert calls == {"mixed": mixed_calls, "per-size": per_size_calls}, limit
-    calls["mixed"].clear(), calls["per-size"].clear()
-    pre = gpu_transform.BatchPreprocessor(224, torch.device("cpu"), torch.float32, mixed_resize_max_pixels=640 * 480)
-    pixels, errors = pre([images[1], images[4], images[3]])  # one small size (twice), one big
-    pre.close()
-    assert not errors and np.array_equal(pixels.numpy(), expected[[1, 4, 3]])
-    assert calls == {"mixed": [], "per-size": [(1000, 872, 1), (640, 480, 2)]}, "one size needs no mixing"
+        assert not errors and np.array_equal(pixels.numpy(), expected[chosen]), (chosen, limit)
+        return {key: list(value) for key, value in calls.items()}
+
+    everything = list(range(len(images)))
+    monkeypatch.setattr(pillow_resize, "_matrices", type(pillow_resize._matrices)())  # nothing cached
+    assert routed(everything) == {"mixed": [[(17, 9), (300, 451), (451, 300)]],
+                                  "per-size": [(640, 480, 2), (1000, 872, 1)]}
+    assert routed(everything, limit=0) == {"mixed": [], "per-size": [
+        (451, 300, 1), (640, 480, 2), (300, 451, 1), (1000, 872, 1), (17, 9, 1)]}, "0: every size on its own"
+    assert routed(everything)["mixed"] == [], "every size's weights are cached now"
+    monkeypatch.setattr(pillow_resize, "_matrices", type(pillow_resize._matrices)())
+    assert routed([0, 1, 4]) == {"mixed": [], "per-size": [(451, 300, 1), (640, 480, 2)]}, "one lone new size"
 
 
 def test_the_default_limit_is_the_repositorys(mixed) -> None:

@@ -48,30 +48,34 @@ _DIGITS = 3
 
 
 class _Pass:
-    """One pass for a group, on `device`: along `lengths[i]` inputs to `size` outputs (the crop's), per image."""
+    """One pass for a whole batch, on `device`: along lengths[i] inputs to `size` outputs (the crop's) for
+    image i. Its weights are computed once for every image; its matrices are assembled group by group."""
 
     def __init__(self, lengths: np.ndarray, new_lengths: np.ndarray, offsets: np.ndarray, size: int,
                  interpolation: str, device: torch.device):
         # A length that does not change gets the identity (fixed_weights says why): Pillow skips that pass.
-        self.start, _, self.fixed = fixed_weights(lengths, new_lengths, offsets, size, interpolation, device)
-        if self.fixed.shape[-1] > MAX_TAPS:
-            raise ValueError(f"a window of {self.fixed.shape[-1]} inputs is too wide for exact float32 products")
-        self.padded_in = int(lengths.max())
+        self.start, _, fixed = fixed_weights(lengths, new_lengths, offsets, size, interpolation, device)
+        if fixed.shape[-1] > MAX_TAPS:
+            raise ValueError(f"a window of {fixed.shape[-1]} inputs is too wide for exact float32 products")
+        self.digits = torch.stack(base_256_digits(fixed), dim=-1).to(torch.float32)  # [images, size, taps, 3]
+        self.lengths, self.size = lengths, size
 
-    def matrices(self) -> torch.Tensor:
-        """float32 [n, padded inputs, 3 x size]: each image's weights as three digit matrices side by side,
-        assembled where the weights are."""
-        n, size, taps = self.fixed.shape
-        device = self.fixed.device
-        # Where each tap goes: image, input column, output. A tap beyond its window weighs zero; its column is
-        # kept in range, and the sums below add such zeros to whatever shares its cell.
-        column = (self.start[..., None] + torch.arange(taps, device=device)).clamp_(max=self.padded_in - 1)
-        cell = (torch.arange(n, device=device)[:, None, None] * self.padded_in + column) * (_DIGITS * size) \
-            + torch.arange(size, device=device)[None, :, None]
-        matrix = torch.zeros(n * self.padded_in * _DIGITS * size, dtype=torch.float32, device=device)
-        for index, digit in enumerate(base_256_digits(self.fixed)):
-            matrix.index_put_(((cell + index * size).view(-1),), digit.view(-1).to(torch.float32), accumulate=True)
-        return matrix.view(n, self.padded_in, _DIGITS * size)
+    def matrices(self, members: np.ndarray, chosen: torch.Tensor) -> torch.Tensor:
+        """float32 [n, padded inputs, 3 x size] for the images `members` (`chosen`: the same indices on the
+        device): each image's weights as three digit matrices side by side, zero-padded to the longest."""
+        padded_in = int(self.lengths[members].max())
+        start, digits = self.start[chosen], self.digits[chosen]
+        n, size, taps, _ = digits.shape
+        device = digits.device
+        # Where each tap's digit goes: image, input column, digit, output. A tap beyond its window weighs zero;
+        # its column is kept in range, and the sums below add such zeros to whatever shares its cell.
+        column = (start[..., None] + torch.arange(taps, device=device)).clamp_(max=padded_in - 1)
+        cell = ((torch.arange(n, device=device)[:, None, None] * padded_in + column) * (_DIGITS * size)
+                + torch.arange(size, device=device)[None, :, None])[..., None] \
+            + torch.arange(_DIGITS, device=device) * size
+        matrix = torch.zeros(n * padded_in * _DIGITS * size, dtype=torch.float32, device=device)
+        matrix.index_put_((cell.view(-1),), digits.reshape(-1), accumulate=True)
+        return matrix.view(n, padded_in, _DIGITS * size)
 
 
 def _products(values: torch.Tensor, weights: torch.Tensor, tf32: bool) -> torch.Tensor:
@@ -144,40 +148,24 @@ def use_tf32(device: torch.device) -> tuple[bool, str | None]:
     return _tf32[str(device)]
 
 
-def _vertical_first(image: torch.Tensor, plan: tuple[int, int, int, int]) -> bool:
-    return vertical_pass_first(image.shape[-1], image.shape[-2], plan[0], plan[1])
-
-
-def _first_and_second_lengths(image: torch.Tensor, plan: tuple[int, int, int, int]) -> tuple[int, int]:
-    """(inputs of the first pass, of the second): the image's (width, height), or (height, width) when its
-    vertical pass comes first."""
-    height, width = image.shape[-2:]
-    return (height, width) if _vertical_first(image, plan) else (width, height)
-
-
-def _resize_group(images: Sequence[torch.Tensor], plans: Sequence[tuple[int, int, int, int]], size: int,
-                  interpolation: str) -> torch.Tensor:
-    device = images[0].device
-    channels = images[0].shape[0]
-    heights = np.array([image.shape[-2] for image in images])
-    widths = np.array([image.shape[-1] for image in images])
-    new_widths, new_heights, tops, lefts = (np.array(column) for column in zip(*plans))
-    vertical_first = np.array([_vertical_first(image, plan) for image, plan in zip(images, plans)], dtype=bool)
-    # The first pass runs along the last axis: the width, or the height of an image transposed beforehand.
-    first = _Pass(np.where(vertical_first, heights, widths), np.where(vertical_first, new_heights, new_widths),
-                  np.where(vertical_first, tops, lefts), size, interpolation, device)
-    second = _Pass(np.where(vertical_first, widths, heights), np.where(vertical_first, new_widths, new_heights),
-                   np.where(vertical_first, lefts, tops), size, interpolation, device)
-    n = len(images)
-    values = torch.zeros((n, channels, second.padded_in, first.padded_in), dtype=torch.float32, device=device)
-    for index, (image, transposed) in enumerate(zip(images, vertical_first)):
-        image = image.transpose(-1, -2) if transposed else image
+def _resize_group(images: Sequence[torch.Tensor], members: np.ndarray, vertical_first: np.ndarray,
+                  first: _Pass, second: _Pass) -> torch.Tensor:
+    """uint8 [n, C, size, size] for images[members]: both passes, each one batched product."""
+    device = images[members[0]].device
+    channels, size = images[members[0]].shape[0], first.size
+    n, turned = len(members), vertical_first[members]
+    chosen = to_device(members, device)
+    first_matrices, second_matrices = first.matrices(members, chosen), second.matrices(members, chosen)
+    values = torch.zeros((n, channels, second_matrices.shape[1], first_matrices.shape[1]), dtype=torch.float32,
+                         device=device)
+    for index, member in enumerate(members):
+        image = images[member].transpose(-1, -2) if turned[index] else images[member]
         values[index, :, :image.shape[-2], :image.shape[-1]].copy_(image)
-    once = _apply(values.view(n, -1, first.padded_in), first.matrices(), size)  # [n, C x second, size]
-    across = once.view(n, channels, second.padded_in, size).transpose(-1, -2).reshape(n, -1, second.padded_in)
-    twice = _apply(across, second.matrices(), size).view(n, channels, size, size)
+    once = _apply(values.view(n, -1, values.shape[-1]), first_matrices, size)  # [n, C x second, size]
+    across = once.view(n, channels, values.shape[-2], size).transpose(-1, -2).reshape(n, -1, values.shape[-2])
+    twice = _apply(across, second_matrices, size).view(n, channels, size, size)
     # An image resized width first now lies transposed ([C, width, height]); a vertical-first one is upright.
-    upright = to_device(vertical_first, device).view(n, 1, 1, 1)
+    upright = to_device(turned, device).view(n, 1, 1, 1)
     return torch.where(upright, twice, twice.transpose(-1, -2)).to(torch.uint8)
 
 
@@ -217,8 +205,20 @@ def resize_crop_mixed(images: Sequence[torch.Tensor], plans: Sequence[tuple[int,
     uint8 [N, C, size, size] in input order: Pillow's resize (its filter), then the plan's crop."""
     if not images:
         raise ValueError("no images to resize")
+    device = images[0].device
+    heights = np.array([image.shape[-2] for image in images])
+    widths = np.array([image.shape[-1] for image in images])
+    new_widths, new_heights, tops, lefts = (np.array(column) for column in zip(*plans))
+    vertical_first = np.array([vertical_pass_first(*sizes) for sizes in zip(widths, heights, new_widths, new_heights)],
+                              dtype=bool)
+    # The first pass runs along the last axis: the width, or the height of an image transposed beforehand.
+    first_lengths, second_lengths = np.where(vertical_first, heights, widths), np.where(vertical_first, widths, heights)
+    first = _Pass(first_lengths, np.where(vertical_first, new_heights, new_widths), np.where(vertical_first, tops, lefts),
+                  size, interpolation, device)
+    second = _Pass(second_lengths, np.where(vertical_first, new_widths, new_heights),
+                   np.where(vertical_first, lefts, tops), size, interpolation, device)
     results: dict[int, torch.Tensor] = {}
-    for group in groups([_first_and_second_lengths(image, plan) for image, plan in zip(images, plans)], size):
-        resized = _resize_group([images[i] for i in group], [plans[i] for i in group], size, interpolation)
-        results.update(zip(group, resized))
+    for group in groups(list(zip(first_lengths.tolist(), second_lengths.tolist())), size):
+        members = np.array(group)
+        results.update(zip(group, _resize_group(images, members, vertical_first, first, second)))
     return torch.stack([results[i] for i in range(len(images))])

@@ -10,9 +10,10 @@ Which image goes where:
   components, Huffman-coded baseline, extended or progressive, ending in its EOI marker; not RGB-coded,
   which an Adobe marker or the component ids R, G, B say) is decoded by nvJPEG on the GPU, batched (its
   hardware decoder where the GPU has one), then resized, cropped and normalized on the GPU.
-- Small JPEGs (up to `mixed_resize_max_pixels`, 2 MP by default) of a batch that holds several sizes are
-  resized together (clip_mixed_resize: two batched products); bigger ones, and a batch of one size (a lone
-  image, say: its cached weights and int8 products take fewer kernels), size by size (clip_pillow_resize).
+- Small JPEGs (up to `mixed_resize_max_pixels`, 2 MP by default) alone in their size in a batch, with no
+  weights cached for it, are resized together when there are two or more (clip_mixed_resize: two batched
+  products, weights computed each time); the others size by size (clip_pillow_resize: weights cached per
+  size, int8 products), which costs far fewer kernels for a size seen twice or recently.
 - Everything else (PNG, GIF, WebP, CMYK, JPEGs the GPU refuses or that look truncated), and every image
   when GPU decoding is off, goes through the exact CPU path on a thread pool, then to the GPU.
 - Every refusal (size limits, undecodable data) names its element, with the CPU path's own reasons.
@@ -33,7 +34,7 @@ import torch
 
 from clip_mixed_resize import DEFAULT_MAX_PIXELS as DEFAULT_MIXED_RESIZE_MAX_PIXELS
 from clip_mixed_resize import resize_crop_mixed, takes
-from clip_pillow_resize import FILTERS, resize_crop
+from clip_pillow_resize import FILTERS, resize_crop, weights_cached
 from clip_transform import (DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, OPENAI_PREPROCESSING, ImageRejected,
                             MapImages, Preprocessing, check_declared_size, preprocess_batch, resize_plan)
 
@@ -209,12 +210,23 @@ class BatchPreprocessor:
         return preprocess_batch([images[i] for i in indices], self.size, self.max_pixels, self.max_bytes,
                                 self.fast_jpeg, self.map_images, self.preprocessing)
 
+    def _mixed_sizes(self, by_size: dict[tuple[int, int, tuple], list[tuple[int, torch.Tensor]]],
+                     ) -> list[tuple[int, torch.Tensor, tuple[int, int, int, int]]]:
+        """Take out of `by_size` the images to resize together: small ones (mixed_resize_max_pixels) alone in
+        their size whose weights the per-size resize has not cached, when there are two or more. A size seen
+        twice in the batch, or recently, costs the per-size resize about 20 kernels; a new one, about 200."""
+        lone = [key for key, members in by_size.items() if len(members) == 1
+                and takes(key[1], key[0], key[2], self.mixed_resize_max_pixels)
+                and not weights_cached(key[1], key[0], self.size, key[2], self.preprocessing.interpolation, self.device)]
+        if len(lone) < 2:
+            return []
+        return [(*by_size.pop(key)[0], key[2]) for key in lone]
+
     def _gpu_pixels(self, images: Sequence[bytes], areas: dict[int, int], pixels: dict[int, torch.Tensor]) -> list[int]:
         """Decode, resize and normalize the GPU-bound JPEGs into `pixels`; returns the indices the decoder refused."""
         refused: list[int] = []
         for chunk in _chunks(list(areas), areas.__getitem__, DECODE_BUDGET_PIXELS):
             decoded = self.decoder([images[i] for i in chunk])
-            mixed: list[tuple[int, torch.Tensor, tuple[int, int, int, int]]] = []
             by_size: dict[tuple[int, int, tuple], list[tuple[int, torch.Tensor]]] = defaultdict(list)
             for index, result in zip(chunk, decoded):
                 if isinstance(result, Exception) or result.shape[0] != 3:
@@ -226,14 +238,9 @@ class BatchPreprocessor:
                 except ImageRejected:
                     refused.append(index)
                     continue
-                if takes(width, height, plan, self.mixed_resize_max_pixels):
-                    mixed.append((index, result, plan))
-                else:
-                    by_size[(height, width, plan)].append((index, result))
-            if len({image.shape for _, image, _ in mixed}) == 1:  # one size: the per-size path's one call
-                by_size[(*mixed[0][1].shape[-2:], mixed[0][2])] += [(index, image) for index, image, _ in mixed]
-                mixed = []
+                by_size[(height, width, plan)].append((index, result))
             interpolation = self.preprocessing.interpolation
+            mixed = self._mixed_sizes(by_size)
             if mixed:
                 values = resize_crop_mixed([image for _, image, _ in mixed], [plan for *_, plan in mixed],
                                            self.size, interpolation)

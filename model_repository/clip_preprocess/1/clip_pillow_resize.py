@@ -210,10 +210,25 @@ def exact_method(device: torch.device) -> tuple[str, str | None]:
 _matrices: "OrderedDict[tuple, PassMatrix]" = OrderedDict()
 
 
+def _key(in_size: int, out_size: int, first: int, count: int, interpolation: str, device: torch.device,
+         method: str | None) -> tuple:
+    return in_size, out_size, first, count, interpolation, str(device), method
+
+
+def weights_cached(width: int, height: int, size: int, plan: tuple[int, int, int, int], interpolation: str,
+                   device: torch.device, method: str | None = None) -> bool:
+    """Whether resize_crop has the weights for this image size and plan cached (on `device`)."""
+    new_width, new_height, top, left = plan
+    keys = [_key(width, new_width, left, size, interpolation, device, method)] if new_width != width else []
+    if new_height != height:
+        keys.append(_key(height, new_height, top, size, interpolation, device, method))
+    return all(key in _matrices for key in keys)
+
+
 def pass_matrix(in_size: int, out_size: int, first: int, count: int, interpolation: str, device: torch.device,
                 method: str | None = None) -> PassMatrix:
     """The weights of outputs first .. first + count of resizing `in_size` to `out_size`, cached."""
-    key = (in_size, out_size, first, count, interpolation, str(device), method)
+    key = _key(in_size, out_size, first, count, interpolation, device, method)
     if key in _matrices:  # the hot path: an image size seen recently
         _matrices.move_to_end(key)
         return _matrices[key]
