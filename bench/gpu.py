@@ -126,8 +126,10 @@ class Run:
             self.results["errors"][name] = f"{type(error).__name__}: {error}"
             say(f"{name} FAILED: {error}\n{traceback.format_exc()}")
             value = None
+            self.results.pop(name, None)  # a resumed run's earlier figures are not this stage's
         else:
             self.results[name] = value
+            self.results["errors"].pop(name, None)
             say(f"{name} done in {time.monotonic() - started:.1f} s")
         self.results["stage_seconds"][name] = round(time.monotonic() - started, 1)
         self.save()
@@ -217,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     exported = run.results.get("repository") if args.variants_only else run.stage("repository", export)
     repository = Path(exported["path"]) if exported else None
     artifact = repository / contract.VISUAL_MODEL / "1" / "model.pt" if repository else None
+    if args.variants_only and (artifact is None or not artifact.is_file()):
+        raise SystemExit(f"--variants-only: the earlier run left no exported model ({artifact or 'no repository'}); "
+                         "run the defaults first on this machine (same --work-dir)")
 
     if not args.variants_only:
         run.stage("model_alone", lambda: gpu_inprocess.model_alone(artifact, size, (256, 1024), args.seconds))
@@ -224,16 +229,20 @@ def main(argv: list[str] | None = None) -> int:
     def decoding() -> dict:
         folder = repository / contract.PREPROCESS_MODEL / "1"
         gpu_transform = shipped_module(folder, "clip_gpu_transform")
-        preprocessor = gpu_transform.BatchPreprocessor(size, torch.device("cuda"), torch.float16)
-        per_size = gpu_transform.BatchPreprocessor(size, torch.device("cuda"), torch.float16, mixed_resize_max_pixels=0)
+        preprocessor = gpu_transform.BatchPreprocessor(size, torch.device("cuda", 0), torch.float16)
+        per_size = gpu_transform.BatchPreprocessor(size, torch.device("cuda", 0), torch.float16,
+                                                     mixed_resize_max_pixels=0)
         measured = {}
+        weight_cache = sys.modules["clip_pillow_resize"]._matrices  # one per process: both preprocessors use it
         for name, images in sets.items():
             batch = 64 if name == "phone" else 256
             measured[f"nvjpeg_{name}"] = gpu_inprocess.nvjpeg_alone(images, batch, args.seconds)
+            weight_cache.clear()  # each measurement starts as a fresh server would (its warm-up fills it)
             measured[f"transform_{name}"] = gpu_inprocess.gpu_transform_alone(preprocessor, images, batch, args.seconds)
             say(f"  {name}: nvJPEG alone {measured[f'nvjpeg_{name}']['images_per_s']:.0f} images/s, whole GPU "
                 f"transform {measured[f'transform_{name}']['images_per_s']:.0f} images/s (batch {batch})")
             if name != "phone":  # 12 MP photos take the per-size resize either way
+                weight_cache.clear()
                 measured[f"transform_{name}_per_size"] = gpu_inprocess.gpu_transform_alone(per_size, images, batch,
                                                                                            args.seconds)
                 say(f"  {name}: whole GPU transform, every size resized on its own: "

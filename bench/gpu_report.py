@@ -127,10 +127,10 @@ def markdown(results: dict) -> str:
     decoding = results.get("decoding_alone") or {}
     if decoding:
         lines += ["", "## Decoding alone", "", "| measured | small JPEGs | 12 MP JPEGs |", "|---|---|---|"]
-        labels = {"nvjpeg": "nvJPEG, one process", "nvjpeg_2_processes": "nvJPEG, 2 processes at once (sum)",
-                  "nvjpeg_4_processes": "nvJPEG, 4 processes at once (sum)",
-                  "nvjpeg_8_processes": "nvJPEG, 8 processes at once (sum)", "transform": "the whole GPU transform",
-                  "libjpeg": "libjpeg (Pillow), every CPU thread"}
+        counts = sorted({int(key.split("_")[-2]) for key in decoding if key.endswith("_processes")})
+        labels = {"nvjpeg": "nvJPEG, one process",
+                  **{f"nvjpeg_{count}_processes": f"nvJPEG, {count} processes at once (sum)" for count in counts},
+                  "transform": "the whole GPU transform", "libjpeg": "libjpeg (Pillow), every CPU thread"}
         for key, label in labels.items():
             cells = [_number(_ips(decoding.get(f"{key.split('_')[0]}_{name}{key[len(key.split('_')[0]):]}")))
                      for name in WORKLOADS]
@@ -257,4 +257,5 @@ if __name__ == "__main__":
     source = Path(sys.argv[1])
     data = json.loads(source.read_text())
     data["headline"] = headline(data)
+    source.write_text(json.dumps(data, indent=1, default=str) + "\n")  # with the headline of this code
     print("\n".join(str(p) for p in write_report(data, source.parent)))

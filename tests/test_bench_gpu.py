@@ -103,4 +103,13 @@ def test_a_run_records_each_stages_time_and_a_later_run_adds_to_it(tmp_path) -> 
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["server"] == {"sweeps": {}} and saved["variants"] == {"preprocess-4": {}}
     assert set(saved["stage_seconds"]) == {"server", "broken", "variants"}
+    again = gpu.Run.resumed(tmp_path)
+    again.stage("broken", lambda: {"fixed": True})
+    again.stage("variants", lambda: 1 / 0)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["broken"] == {"fixed": True} and "broken" not in saved["errors"], "a stage that now works"
+    assert "variants" not in saved and "variants" in saved["errors"], "no earlier figures beside a new failure"
     assert gpu.parse_args(["--nvjpeg-processes", "4,8", "--no-libjpeg"]).nvjpeg_processes == [4, 8]
+    page = gpu_report.markdown({"decoding_alone": {"nvjpeg_small": {"images_per_s": 5800.0},
+                                                   "nvjpeg_small_8_processes": {"images_per_s": 9100.0}}})
+    assert "| nvJPEG, 8 processes at once (sum) | 9,100 | – |" in page and "2 processes" not in page

@@ -11,6 +11,9 @@
 # The report is rendered again from results.json at the end, so a bench cut short by its limit still has one.
 set -u
 cd "$(dirname "$0")/../.."
+PHASE=${PHASE:-all}
+case "$PHASE" in main | variants | all) ;; *) echo "PHASE must be main, variants or all, not '$PHASE'" >&2; exit 2 ;; esac
+STATUS=0  # the worst exit status of the tests and the bench, this script's own
 OUT=${OUT:-out/gpu_host}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/run.log") 2>&1
@@ -26,21 +29,23 @@ export CLIP_TRITON_HOME=/tmp/tr/pytriton/tritonserver PYTHONUNBUFFERED=1
 python3 -c "import numpy, torch, torchvision, PIL, tritonclient.grpc; print('numpy', numpy.__version__, 'torch', \
 torch.__version__, 'torchvision', torchvision.__version__, 'pillow', PIL.__version__, torch.cuda.get_device_name())"
 echo "setup: $(( $(date +%s) - T0 )) s"
-if [ "${SKIP_TESTS:-0}" != 1 ] && [ "${PHASE:-all}" != variants ]; then
+if [ "${SKIP_TESTS:-0}" != 1 ] && [ "$PHASE" != variants ]; then
   timeout "${TEST_TIMEOUT:-240}" make test-gpu PY=python3 PYTEST_ARGS='-q -rs --durations=12'
-  echo "test-gpu exit $? at $(( $(date +%s) - T0 )) s"
+  CODE=$?; [ $CODE -gt $STATUS ] && STATUS=$CODE
+  echo "test-gpu exit $CODE at $(( $(date +%s) - T0 )) s"
   cp bench_out/gpu/fidelity.json "$OUT/" 2>/dev/null
 fi
-PHASE=${PHASE:-all}
 VARIANTS=${VARIANTS:-no-cuda-graphs,preprocess-4,queue-delay-500,per-size-resize}
 case "$PHASE" in
   main) MODE="--no-variants --nvjpeg-processes 4,8" ;;
   variants) MODE="--variants-only --variants $VARIANTS" ;;
-  *) MODE="--variants $VARIANTS" ;;
+  all) MODE="--variants $VARIANTS" ;;
 esac
 timeout "${BENCH_TIMEOUT:-300}" make bench-gpu PY=python3 \
   BENCH_GPU_ARGS="${BENCH_ARGS:---seconds 3 --warmup 1.5} $MODE"
-echo "bench-gpu ($PHASE) exit $? at $(( $(date +%s) - T0 )) s"
-python3 -m bench.gpu_report bench/report/gpu/results.json
+CODE=$?; [ $CODE -gt $STATUS ] && STATUS=$CODE
+echo "bench-gpu ($PHASE) exit $CODE at $(( $(date +%s) - T0 )) s"
+[ -f bench/report/gpu/results.json ] && python3 -m bench.gpu_report bench/report/gpu/results.json
 cp bench/report/gpu/results.json bench/report/gpu/report.md bench/report/gpu/throughput.png "$OUT/" 2>/dev/null
 grep -E "^E|error|Error|CUDA graphs" bench_out/gpu/tritonserver.log 2>/dev/null | tail -30 > "$OUT/tritonserver-notes.log"
+exit $STATUS

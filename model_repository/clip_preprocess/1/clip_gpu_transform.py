@@ -217,7 +217,8 @@ class BatchPreprocessor:
         twice in the batch, or recently, costs the per-size resize about 20 kernels; a new one, about 200."""
         lone = [key for key, members in by_size.items() if len(members) == 1
                 and takes(key[1], key[0], key[2], self.mixed_resize_max_pixels)
-                and not weights_cached(key[1], key[0], self.size, key[2], self.preprocessing.interpolation, self.device)]
+                and not weights_cached(key[1], key[0], self.size, key[2], self.preprocessing.interpolation,
+                                       members[0][1].device)]  # the device resize_crop will cache them for
         if len(lone) < 2:
             return []
         return [(*by_size.pop(key)[0], key[2]) for key in lone]
