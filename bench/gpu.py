@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     from clip_triton import contract
     from clip_triton.transform import preprocess
     from clip_triton_export.pipeline import export_repository, load_source
-    from clip_triton_serve import local_server
+    from clip_triton_serve import local_server, procfs
     from measure import images as workloads, loadgen, machine
 
     from . import gpu_inprocess, gpu_report
@@ -289,6 +289,10 @@ def main(argv: list[str] | None = None) -> int:
                 loadgen.encode_all(served.grpc_url, sets[name])  # every image seen once before timing
                 measured["sweeps"][name] = loadgen.sweep(served.grpc_url, sets[name], parse_levels(text),
                                                          args.warmup, args.seconds, progress=say)
+            held = machine.gpu_memory_by_process()  # after the sweeps: every allocator at its largest
+            processes = {served.pid: "tritonserver", **procfs.backend_stubs(served.pid)}
+            measured["gpu_memory_mib"] = {name: held[pid] for pid, name in processes.items() if pid in held}
+            say(f"  GPU memory held (MiB, nvidia-smi): {measured['gpu_memory_mib'] or 'not visible'}")
         return measured
 
     def server() -> dict:

@@ -183,6 +183,12 @@ def markdown(results: dict) -> str:
                          f"{cells[0]} | {cells[1]} |")
             if level.get("first_error"):
                 lines.append(f"|  | first error: `{level['first_error'][:150]}` | | | | | | |")
+    if server.get("gpu_memory_mib"):
+        held = server["gpu_memory_mib"]
+        lines += ["", "## GPU memory held after the sweeps", "",
+                  "Per process, as nvidia-smi reports it (CUDA context and every allocator's reserve included): " +
+                  ", ".join(f"{name} {value:,} MiB" for name, value in held.items()) +
+                  f"; {sum(held.values()):,} MiB in all."]
     if server.get("command"):
         lines += ["", "Server command line: `" + " ".join(server["command"]) + "`"]
     lines += ["", "Reproduce: `make bench-gpu` on a GPU host (`python -m bench.gpu --help`); "

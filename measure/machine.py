@@ -16,7 +16,7 @@ from importlib import metadata
 
 from clip_triton_serve.procfs import cpu_account, cpu_info, cpu_share
 
-__all__ = ["cpu_account", "cpu_share", "describe", "gpu", "load_average", "one_line"]
+__all__ = ["cpu_account", "cpu_share", "describe", "gpu", "gpu_memory_by_process", "load_average", "one_line"]
 
 # The instruction-set extensions that decide CPU inference speed, in the order people look for them.
 NOTABLE_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
@@ -50,6 +50,30 @@ def _nvidia_smi() -> list[dict]:
         name, memory, driver = (part.strip() for part in (line.split(",") + ["", ""])[:3])
         devices.append({"name": name, "memory_mib": int(memory) if memory.isdigit() else None, "driver": driver})
     return devices
+
+
+def parse_compute_apps(text: str) -> dict[int, int]:
+    """nvidia-smi's `--query-compute-apps=pid,used_memory --format=csv,noheader,nounits` -> {pid: MiB},
+    summed over GPUs (a process may hold memory on several)."""
+    held: dict[int, int] = {}
+    for line in text.splitlines():
+        pid, _, used = (part.strip() for part in line.partition(","))
+        if pid.isdigit() and used.isdigit():
+            held[int(pid)] = held.get(int(pid), 0) + int(used)
+    return held
+
+
+def gpu_memory_by_process() -> dict[int, int]:
+    """MiB of GPU memory each process holds, as nvidia-smi sees it (empty without it, or where it cannot see
+    the processes, as in some containers): CUDA context and every allocator's reserve included."""
+    if shutil.which("nvidia-smi") is None:
+        return {}
+    try:
+        completed = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory",
+                                    "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    return parse_compute_apps(completed.stdout) if completed.returncode == 0 else {}
 
 
 def _torch_cuda() -> tuple[dict | None, list[dict]]:

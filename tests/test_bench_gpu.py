@@ -113,3 +113,14 @@ def test_a_run_records_each_stages_time_and_a_later_run_adds_to_it(tmp_path) -> 
     page = gpu_report.markdown({"decoding_alone": {"nvjpeg_small": {"images_per_s": 5800.0},
                                                    "nvjpeg_small_8_processes": {"images_per_s": 9100.0}}})
     assert "| nvJPEG, 8 processes at once (sum) | 9,100 | – |" in page and "2 processes" not in page
+
+
+def test_gpu_memory_is_read_per_process_and_reported_with_its_total() -> None:
+    from measure import machine
+
+    text = "4242, 1500\n4243, 900\nbad line\n4242, 20\n[N/A], [N/A]\n"
+    assert machine.parse_compute_apps(text) == {4242: 1520, 4243: 900}, "two GPUs' worth summed, junk skipped"
+    page = gpu_report.markdown({"server": {"gpu_memory_mib": {"tritonserver": 2300, "clip_preprocess_0_0": 1500,
+                                                              "clip_visual_0_0": 900}}})
+    assert "tritonserver 2,300 MiB, clip_preprocess_0_0 1,500 MiB, clip_visual_0_0 900 MiB; 4,700 MiB in all" in page
+    assert "GPU memory" not in gpu_report.markdown({"server": {"gpu_memory_mib": {}}}), "not visible: no section"
