@@ -1,20 +1,22 @@
-"""Pillow's resize and center crop for a batch of images of many sizes at once, bit for bit, in a fixed number
-of tensor operations per batch.
+"""Pillow's resize and center crop for a batch of images of many sizes at once, bit for bit, in a number of
+tensor operations that grows with the batch's groups, not with its sizes.
 
 Shipped beside the GPU target's clip_preprocess as `clip_mixed_resize.py`; it needs numpy and torch, and
 clip_pillow_resize for Pillow's weights.
 
-Why: the per-size resize (clip_pillow_resize.resize_crop) launches about 25 kernels and, for a size it has
-not seen recently, about 200 more to build its two weight matrices, for every distinct image size in a
-batch. Photos from the web come in nearly as many sizes as there are photos, so a batch of 64 paid
-that 64 times. Here a whole batch of small images takes two batched matrix products:
+Why: the per-size resize (clip_pillow_resize.resize_crop) launches about 17 kernels for a size whose weights
+it has cached, and about 180 for a new one (counted on the CPU), for every distinct image size in a batch.
+Photos from the web come in nearly as many sizes as there are photos, so a batch of 64 new sizes paid that
+64 times. Here a batch of small images takes about 120 kernels for all its weights, then two batched matrix
+products and some 60 kernels per group (about 4 kernels per image for 256 sizes):
 - each image is resized along one axis, then along the other, in Pillow's order (an image whose vertical pass
   comes first is transposed before, so its first pass is along its last axis too, and the results line up);
   a dimension whose size does not change gets Pillow's weights for that, the identity (Pillow skips it: the
   same values);
-- the images are zero-padded to the largest sizes of their group; Pillow's weights for the whole group are
+- the images are zero-padded to the largest sizes of their group; Pillow's weights for the whole batch are
   computed where the images are (fixed_weights: Pillow's float64 steps, elementwise, so the same on any
-  device) and assembled there into zero-padded matrices, so the host does no per-image work but a copy;
+  device) and assembled there into each group's zero-padded matrices, so the host does no per-image work but
+  a copy;
 - the products are float32 of pixels (0..255) with the three signed base-256 digits of Pillow's fixed-point
   weights (-128..127): every product and every partial sum is an integer below 2**24, so float32 adds them
   exactly in any order; so does TF32 on CUDA (its 11 significant bits hold every such factor), trusted only
@@ -41,8 +43,8 @@ GROUP_BUDGET_PIXELS = 16 * 2**20
 # Shrinking an axis k times takes windows of 4k + 3 inputs (bicubic), so at most 100x here leaves room.
 MAX_TAPS = 2**24 // (255 * 128)
 MAX_DOWNSCALE = 100
-# Images up to this many pixels take this resize on the GPU by default (a Full HD frame does); bigger ones,
-# few sizes and much arithmetic each (12 MP photos), take the per-size int8 one.
+# Images up to this many pixels may take this resize on the GPU by default (a Full HD frame may; gpu_transform
+# says which do); bigger ones, few sizes and much arithmetic each (12 MP photos), take the per-size int8 one.
 DEFAULT_MAX_PIXELS = 2**21
 _DIGITS = 3
 
