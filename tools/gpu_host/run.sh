@@ -3,11 +3,12 @@
 # root, with .gpu/ from tools/gpu_host/prepare.sh beside it: installs numpy<2 into the interpreter's own
 # site-packages (Triton's Python stub ignores PYTHONPATH), unpacks Triton, then `make test-gpu` and
 # `make bench-gpu`, each under its own time limit. Logs and reports go to $OUT (default: out/gpu_host).
-# PHASE splits the work over two device calls of at most 10 minutes each (the machine stays warm between):
+# PHASE splits the work over two device calls of at most 10 minutes each (the machine stays warm between;
+# setup takes about 20 s, so the two limits below leave a 600 s call some margin):
 #   PHASE=main      test-gpu, then bench-gpu without the variants (the defaults' figures)
 #   PHASE=variants  bench-gpu --variants-only: VARIANTS added to main's results.json and report
 #   PHASE=all       both in one call (the default; it may pass 10 minutes)
-#   TEST_TIMEOUT=240 BENCH_TIMEOUT=300 SKIP_TESTS=0 VARIANTS=no-cuda-graphs,preprocess-4,... BENCH_ARGS='...'
+#   TEST_TIMEOUT=270 BENCH_TIMEOUT=285 SKIP_TESTS=0 VARIANTS=no-cuda-graphs,preprocess-4,... BENCH_ARGS='...'
 # The report is rendered again from results.json at the end, so a bench cut short by its limit still has one.
 set -u
 cd "$(dirname "$0")/../.."
@@ -30,7 +31,7 @@ python3 -c "import numpy, torch, torchvision, PIL, tritonclient.grpc; print('num
 torch.__version__, 'torchvision', torchvision.__version__, 'pillow', PIL.__version__, torch.cuda.get_device_name())"
 echo "setup: $(( $(date +%s) - T0 )) s"
 if [ "${SKIP_TESTS:-0}" != 1 ] && [ "$PHASE" != variants ]; then
-  timeout "${TEST_TIMEOUT:-240}" make test-gpu PY=python3 PYTEST_ARGS='-q -rs --durations=12'
+  timeout "${TEST_TIMEOUT:-270}" make test-gpu PY=python3 PYTEST_ARGS='-q -rs --durations=12'
   CODE=$?; [ $CODE -gt $STATUS ] && STATUS=$CODE
   echo "test-gpu exit $CODE at $(( $(date +%s) - T0 )) s"
   cp bench_out/gpu/fidelity.json "$OUT/" 2>/dev/null
@@ -41,7 +42,7 @@ case "$PHASE" in
   variants) MODE="--variants-only --variants $VARIANTS" ;;
   all) MODE="--variants $VARIANTS" ;;
 esac
-timeout "${BENCH_TIMEOUT:-300}" make bench-gpu PY=python3 \
+timeout "${BENCH_TIMEOUT:-285}" make bench-gpu PY=python3 \
   BENCH_GPU_ARGS="${BENCH_ARGS:---seconds 3 --warmup 1.5} $MODE"
 CODE=$?; [ $CODE -gt $STATUS ] && STATUS=$CODE
 echo "bench-gpu ($PHASE) exit $CODE at $(( $(date +%s) - T0 )) s"
