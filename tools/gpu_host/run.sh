@@ -4,7 +4,7 @@
 # site-packages (Triton's Python stub ignores PYTHONPATH), unpacks Triton, then `make test-gpu` and
 # `make bench-gpu`, each under its own time limit. Logs and reports go to $OUT (default: out/gpu_host).
 # PHASE splits the work over two device calls of at most 10 minutes each (the machine stays warm between;
-# setup takes about 20 s, so the two limits below leave a 600 s call some margin):
+# the two limits below leave 45 s of a 600 s call for setup):
 #   PHASE=main      test-gpu, then bench-gpu without the variants (the defaults' figures)
 #   PHASE=variants  bench-gpu --variants-only: VARIANTS added to main's results.json and report
 #   PHASE=all       both in one call (the default; it may pass 10 minutes)
