@@ -6,7 +6,8 @@ Measures OpenAI's way (fp16 on CUDA, its PIL/torchvision transform, batch 1 and 
 (batch 256 and 1024), nvJPEG decoding alone and the whole GPU transform alone, then the server end to end
 over gRPC (encoded JPEGs in, features out) on small photos, 12 MP phone JPEGs and small JPEGs of 1,024
 different sizes (as web traffic comes; the GPU resize's cost depends on how many sizes a batch holds, so it is
-measured both ways: mixed sizes together, and size by size), with Triton's per-model breakdown and a feature check against eager fp32. Writes results.json, report.md and PNG plots. Every stage
+measured both ways: mixed sizes together, and size by size), with Triton's per-model breakdown and a feature
+check against eager fp32. Writes results.json, report.md and PNG plots. Every stage
 runs even if an earlier one failed (its error is recorded), and results.json is rewritten after each, so a
 cut-short run still leaves what it measured. Without a CUDA GPU it says so and exits 0.
 """
@@ -233,16 +234,16 @@ def main(argv: list[str] | None = None) -> int:
         per_size = gpu_transform.BatchPreprocessor(size, torch.device("cuda", 0), torch.float16,
                                                      mixed_resize_max_pixels=0)
         measured = {}
-        weight_cache = sys.modules["clip_pillow_resize"]._matrices  # one per process: both preprocessors use it
+        forget_weights = sys.modules["clip_pillow_resize"].forget_weights  # one cache per process, shared
         for name, images in sets.items():
             batch = 64 if name == "phone" else 256
             measured[f"nvjpeg_{name}"] = gpu_inprocess.nvjpeg_alone(images, batch, args.seconds)
-            weight_cache.clear()  # each measurement starts as a fresh server would (its warm-up fills it)
+            forget_weights()  # each measurement starts as a fresh server would (its warm-up fills it)
             measured[f"transform_{name}"] = gpu_inprocess.gpu_transform_alone(preprocessor, images, batch, args.seconds)
             say(f"  {name}: nvJPEG alone {measured[f'nvjpeg_{name}']['images_per_s']:.0f} images/s, whole GPU "
                 f"transform {measured[f'transform_{name}']['images_per_s']:.0f} images/s (batch {batch})")
             if name != "phone":  # 12 MP photos take the per-size resize either way
-                weight_cache.clear()
+                forget_weights()
                 measured[f"transform_{name}_per_size"] = gpu_inprocess.gpu_transform_alone(per_size, images, batch,
                                                                                            args.seconds)
                 say(f"  {name}: whole GPU transform, every size resized on its own: "

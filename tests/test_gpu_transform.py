@@ -197,6 +197,9 @@ def test_pass_matrices_are_reused_and_the_oldest_go_beyond_the_byte_budget(pillo
     pillow_resize.pass_matrix(640, 298, 38, 224, "bicubic", cpu)  # over budget: the oldest (36) goes
     assert pillow_resize.pass_matrix(640, 298, 37, 224, "bicubic", cpu) is first
     assert pillow_resize.pass_matrix(640, 298, 36, 224, "bicubic", cpu) is not second
+    pillow_resize.forget_weights()
+    assert not pillow_resize.weights_cached(640, 480, 224, (298, 224, 0, 37), "bicubic", cpu)
+    assert pillow_resize.pass_matrix(640, 298, 37, 224, "bicubic", cpu) is not first
 
 
 def test_the_int8_products_are_checked_before_they_are_trusted(pillow_resize, monkeypatch) -> None:

@@ -51,9 +51,10 @@ _CPU_ONNX_RUNTIMES = {"VisionTransformer": "openvino", "ModifiedResNet": "onnxru
 # instances per GPU (one decodes while the other resizes or waits for its CPU-path images), one visual
 # instance (a batch of 256 keeps the GPU busy), and no queue delay either: on the H200 the 0.5 ms delays
 # first chosen cost a lone small JPEG 1.25 ms of its 11.4 ms p50 (Triton's queue time, 0.62 ms per model),
-# while under load a busy instance's queue fills anyway (256-image preprocessing batches were measured). Its visual model replays CUDA graphs for batches of up to 64
-# images (cuda_graphs.py says why), in steps of at most 1.5x (a batch pads to the next size); larger batches
-# keep the GPU busy long enough for eager launches to overlap its work.
+# while under load a busy instance's queue fills anyway (256-image preprocessing batches were measured). Its
+# visual model replays CUDA graphs for batches of up to 64 images (cuda_graphs.py says why), in steps of at
+# most 1.5x (a batch pads to the next size); larger batches keep the GPU busy long enough for eager launches
+# to overlap its work.
 TARGET_DEFAULTS = {
     "cpu": {"fmt": "onnx", "precision": "fp32", "preprocess_instances": 1, "preprocess_threads": 0,
             "visual_instances": 1, "preferred_batch_sizes": (4, 8, 16, 32), "max_queue_size": 64,

@@ -20,8 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from clip_batching import draining, gather_images, refuse_while_draining, respond  # noqa: E402  (shipped beside this file)
 from clip_contract import PIXELS_TENSOR  # noqa: E402  (likewise)
 from clip_executing_gauge import ExecutingGauge  # noqa: E402  (likewise)
-from clip_gpu_transform import DEFAULT_MIXED_RESIZE_MAX_PIXELS, BatchPreprocessor  # noqa: E402  (likewise)
-from clip_mixed_resize import use_tf32  # noqa: E402  (likewise)
+from clip_gpu_transform import BatchPreprocessor  # noqa: E402  (likewise)
+from clip_mixed_resize import DEFAULT_MAX_PIXELS as DEFAULT_MIXED_RESIZE_MAX_PIXELS, use_tf32  # noqa: E402
 from clip_pillow_resize import exact_method  # noqa: E402  (likewise)
 from clip_transform import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, Preprocessing  # noqa: E402
 

@@ -18,8 +18,8 @@ Which image goes where:
 - Every refusal (size limits, undecodable data) names its element, with the CPU path's own reasons.
 
 The GPU resize is Pillow's own, bit for bit (its fixed-point weights, applied by exact matrix products on
-the tensor cores: int8 size by size, float32 digits for a batch of mixed sizes), so a JPEG's pixels differ from the exact path's only where
-nvJPEG's decoding differs from libjpeg's.
+the tensor cores: int8 size by size, float32 digits for a batch of mixed sizes), so a JPEG's pixels differ
+from the exact path's only where nvJPEG's decoding differs from libjpeg's.
 """
 from __future__ import annotations
 
@@ -214,9 +214,9 @@ class BatchPreprocessor:
         """Take out of `by_size` the images to resize together: small ones (mixed_resize_max_pixels) alone in
         their size whose weights the per-size resize has not cached, when there are two or more. A size seen
         twice in the batch, or recently, costs the per-size resize about 20 kernels; a new one, about 200."""
-        lone = [key for key, members in by_size.items() if len(members) == 1
-                and takes(key[1], key[0], key[2], self.mixed_resize_max_pixels)
-                and not weights_cached(key[1], key[0], self.size, key[2], self.preprocessing.interpolation,
+        lone = [(height, width, plan) for (height, width, plan), members in by_size.items() if len(members) == 1
+                and takes(width, height, plan, self.mixed_resize_max_pixels)
+                and not weights_cached(width, height, self.size, plan, self.preprocessing.interpolation,
                                        members[0][1].device)]  # the device resize_crop will cache them for
         if len(lone) < 2:
             return []

@@ -33,7 +33,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from clip_pillow_resize import PRECISION_BITS, base_256_digits, fixed_weights, to_device, vertical_pass_first
+from clip_pillow_resize import (PRECISION_BITS, base_256_digits, checked_once, combine_digits, fixed_weights,
+                                tap_columns, to_device, vertical_pass_first)
 
 # Values per channel of one group's first product, its input, output and weights alike (bounds GPU memory:
 # 16 M of 3 channels are 192 MB of float32 each, plus a float64 copy of a third of the output: about 0.7 GB at
@@ -69,15 +70,14 @@ class _Pass:
         start, digits = self.start[chosen], self.digits[chosen]
         n, size, taps, _ = digits.shape
         device = digits.device
-        # Where each tap's digit goes: image, input column, digit, output. A tap beyond its window weighs zero;
-        # its column is kept in range, and the sums below add such zeros to whatever shares its cell.
-        column = (start[..., None] + torch.arange(taps, device=device)).clamp_(max=padded_in - 1)
-        cell = ((torch.arange(n, device=device)[:, None, None] * padded_in + column) * (_DIGITS * size)
+        # Where each tap's digit goes: image, input column (padded_in: a spare row, dropped below), digit, output.
+        column = tap_columns(start, taps, padded_in)
+        cell = ((torch.arange(n, device=device)[:, None, None] * (padded_in + 1) + column) * (_DIGITS * size)
                 + torch.arange(size, device=device)[None, :, None])[..., None] \
             + torch.arange(_DIGITS, device=device) * size
-        matrix = torch.zeros(n * padded_in * _DIGITS * size, dtype=torch.float32, device=device)
-        matrix.index_put_((cell.view(-1),), digits.reshape(-1), accumulate=True)
-        return matrix.view(n, padded_in, _DIGITS * size)
+        matrix = torch.zeros(n * (padded_in + 1) * _DIGITS * size, dtype=torch.float32, device=device)
+        matrix[cell.view(-1)] = digits.reshape(-1)
+        return matrix.view(n, padded_in + 1, _DIGITS * size)[:, :padded_in]
 
 
 def _products(values: torch.Tensor, weights: torch.Tensor, tf32: bool) -> torch.Tensor:
@@ -98,7 +98,7 @@ def exact_sums(values: torch.Tensor, weights: torch.Tensor, size: int, tf32: boo
     """float32 [n, rows, inputs] (0..255) x digits [n, inputs, 3 size] -> float64 [n, rows, size]: the
     integer sums of value x weight, exactly (`tf32`: the device's verdict unless given)."""
     parts = _products(values, weights, use_tf32(values.device)[0] if tf32 is None else tf32)
-    return parts[..., 2 * size:].double().mul_(256).add_(parts[..., size:2 * size]).mul_(256).add_(parts[..., :size])
+    return combine_digits(parts, size, size, torch.float64)
 
 
 def _apply(values: torch.Tensor, weights: torch.Tensor, size: int) -> torch.Tensor:
@@ -136,7 +136,7 @@ def tf32_self_check(device: torch.device) -> str | None:
     return None
 
 
-_tf32: dict[str, tuple[bool, str | None]] = {}
+_tf32: dict[str, str | None] = {}  # per CUDA device: why not TF32, or None
 
 
 def use_tf32(device: torch.device) -> tuple[bool, str | None]:
@@ -144,10 +144,8 @@ def use_tf32(device: torch.device) -> tuple[bool, str | None]:
     (checked once per device); plain float32 otherwise (exact too, slower)."""
     if device.type != "cuda":
         return False, None
-    if str(device) not in _tf32:
-        reason = tf32_self_check(device)
-        _tf32[str(device)] = (reason is None, reason)
-    return _tf32[str(device)]
+    reason = checked_once(_tf32, device, tf32_self_check)
+    return reason is None, reason
 
 
 def _resize_group(images: Sequence[torch.Tensor], members: np.ndarray, vertical_first: np.ndarray,

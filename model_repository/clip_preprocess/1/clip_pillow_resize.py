@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from typing import Callable
 
 import numpy as np
 import PIL
@@ -104,6 +105,20 @@ def fixed_weights(in_sizes: np.ndarray, out_sizes: np.ndarray, firsts: np.ndarra
     return start, stop - start, fixed.to(torch.int64)
 
 
+def tap_columns(start: torch.Tensor, taps: int, limit: int) -> torch.Tensor:
+    """start [..., count] -> [..., count, taps]: the input column of each tap, or `limit` for a tap at or past
+    it. Such a tap weighs zero; its spare column takes every such zero, so that no tap overwrites another."""
+    column = start[..., None] + torch.arange(taps, device=start.device)
+    return torch.where(column < limit, column, limit)
+
+
+def combine_digits(parts: torch.Tensor, stride: int, count: int, dtype: torch.dtype) -> torch.Tensor:
+    """d0 + 256 d1 + 65536 d2 in `dtype` (int64 or float64: exact), from products with the three digit
+    matrices side by side, `stride` columns apart, of which the first `count` columns each are used."""
+    total = parts[..., 2 * stride:2 * stride + count].to(dtype).mul_(256)
+    return total.add_(parts[..., stride:stride + count]).mul_(256).add_(parts[..., :count])
+
+
 def base_256_digits(weights: torch.Tensor) -> list[torch.Tensor]:
     """Three signed digits d0 + 256 d1 + 65536 d2 of each weight, each in -128..127: exact for |weight| <
     2**23, which holds for every weight Pillow makes (at most 1.125 x 2**22: the bicubic's overshoot)."""
@@ -125,10 +140,7 @@ class PassMatrix:
         self.in_size = in_size
         device = fixed.device
         self.method = method or exact_method(device)[0]
-        column = start[:, None] + torch.arange(taps, device=device)
-        # A tap past the last input weighs zero: it goes to a spare column (all such zeros land there together),
-        # so that no tap overwrites another.
-        column = torch.where(column < in_size, column, in_size)
+        column = tap_columns(start, taps, in_size)  # in_size: a spare column, dropped below
         output = torch.arange(self.count, device=device)[:, None].expand_as(column)
         if self.method == "float64":
             matrix = torch.zeros((in_size + 1, self.count), dtype=torch.float64, device=device)
@@ -171,10 +183,8 @@ class PassMatrix:
         # p ^ 128 read as int8 is p - 128; the padding columns meet zero weights, whatever they hold
         torch.bitwise_xor(values, 128, out=signed[:rows, :self.in_size].view(*lead, self.in_size))
         parts = torch._int_mm(signed.view(torch.int8), self.matrix)[:rows]
-        padded, count = self.padded_count, self.count
-        total = parts[:, 2 * padded:2 * padded + count].to(torch.int64).mul_(256)
-        total.add_(parts[:, padded:padded + count]).mul_(256).add_(parts[:, :count]).add_(self.offset)
-        return total.view(*lead, count)
+        total = combine_digits(parts, self.padded_count, self.count, torch.int64).add_(self.offset)
+        return total.view(*lead, self.count)
 
 
 def int8_self_check(device: torch.device) -> str | None:
@@ -193,7 +203,16 @@ def int8_self_check(device: torch.device) -> str | None:
     return None
 
 
-_methods: dict[str, tuple[str, str | None]] = {}
+def checked_once(verdicts: dict[str, str | None], device: torch.device,
+                 self_check: Callable[[torch.device], str | None]) -> str | None:
+    """`self_check`'s verdict on `device` (why its products cannot be trusted, or None), run once per device
+    and kept in `verdicts`."""
+    if str(device) not in verdicts:
+        verdicts[str(device)] = self_check(device)
+    return verdicts[str(device)]
+
+
+_methods: dict[str, str | None] = {}  # per CUDA device: why not int8, or None
 
 
 def exact_method(device: torch.device) -> tuple[str, str | None]:
@@ -201,10 +220,8 @@ def exact_method(device: torch.device) -> tuple[str, str | None]:
     float64 otherwise (exact too, slower on a GPU)."""
     if device.type != "cuda":
         return "float64", None
-    if str(device) not in _methods:
-        reason = int8_self_check(device)
-        _methods[str(device)] = ("float64", reason) if reason else ("int8", None)
-    return _methods[str(device)]
+    reason = checked_once(_methods, device, int8_self_check)
+    return ("float64", reason) if reason else ("int8", None)
 
 
 _matrices: "OrderedDict[tuple, PassMatrix]" = OrderedDict()
@@ -223,6 +240,11 @@ def weights_cached(width: int, height: int, size: int, plan: tuple[int, int, int
     if new_height != height:
         keys.append(_key(height, new_height, top, size, interpolation, device, method))
     return all(key in _matrices for key in keys)
+
+
+def forget_weights() -> None:
+    """Empty the weight cache (as a fresh process has it): for measurements that must not share it."""
+    _matrices.clear()
 
 
 def pass_matrix(in_size: int, out_size: int, first: int, count: int, interpolation: str, device: torch.device,
