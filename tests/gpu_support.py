@@ -40,7 +40,8 @@ def shipped_gpu_transform(directory: Path) -> ModuleType:
     imported from a rendered repository: the tests run the file the server runs."""
     write_repository(directory, render_repository(named_architecture("ViT-B/32"), RepositoryOptions(target="gpu")))
     folder = directory / contract.PREPROCESS_MODEL / "1"
-    for name in ("clip_transform", "clip_pillow_resize", "clip_mixed_resize", "clip_gpu_transform"):
+    for name in ("clip_transform", "clip_stage_clock", "clip_pillow_resize", "clip_mixed_resize",
+                 "clip_gpu_transform"):
         module = shipped_module(folder, name)
     return module
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -13,13 +14,8 @@ from PIL import Image
 
 from clip_triton import transform
 from conftest import IMAGE_NAMES, image_bytes
-from gpu_support import jpeg, jpeg_photos, shipped_gpu_transform
+from gpu_support import jpeg, jpeg_photos
 from bad_inputs import bad_images
-
-
-@pytest.fixture(scope="module")
-def gpu_transform(tmp_path_factory: pytest.TempPathFactory):
-    return shipped_gpu_transform(tmp_path_factory.mktemp("gpu-repository"))
 
 
 @pytest.fixture(scope="module")
@@ -225,3 +221,26 @@ def test_the_int8_products_are_checked_before_they_are_trusted(pillow_resize, mo
     monkeypatch.setattr(pillow_resize, "int8_self_check", lambda device: None)
     assert pillow_resize.exact_method(cuda)[0] == "float64", "decided once per device"
     assert pillow_resize.exact_method(torch.device("cuda", 1)) == ("int8", None)
+
+
+def test_the_clock_counts_each_images_path_and_times_each_stage(gpu_transform) -> None:
+    """What clip_preprocess publishes as metrics: the JPEGs the decoder takes count as gpu, PNGs, a CMYK JPEG and
+    an image the decoder refused as cpu (the exact path), bad ones as refused; the decoder's time is gpu_decode's."""
+    photos = list(jpeg_photos().values())
+    cmyk = jpeg(Image.open(io.BytesIO(image_bytes("coffee.png"))).convert("CMYK"), quality=90)
+    pngs = [image_bytes(name) for name in IMAGE_NAMES if name.endswith(".png")]
+    images = photos + pngs + [cmyk, b"", b"not an image"]
+
+    def slow_decoder(blobs: list[bytes]) -> list:
+        time.sleep(1.0)
+        decoded = gpu_transform.pillow_decoder(torch.device("cpu"))(blobs)
+        return [RuntimeError("nvJPEG says no") if blob is photos[0] else image for blob, image in zip(blobs, decoded)]
+
+    batch = preprocessor(gpu_transform, decoder=slow_decoder)
+    pixels, errors = batch(images)
+    seconds, paths = batch.clock.take()
+    assert len(pixels) == len(images) - 2 and set(errors) == {len(images) - 2, len(images) - 1}
+    assert paths == {"gpu": len(photos) - 1, "cpu": len(pngs) + 2, "refused": 2}
+    assert seconds["gpu_decode"] >= 1.0
+    assert all(0 < seconds[stage] < 1.0 for stage in ("inspect", "gpu_resize", "cpu_path", "assemble")), seconds
+    assert seconds["read_inputs"] == seconds["gpu_wait"] == seconds["respond"] == 0.0, "the model's own stages"

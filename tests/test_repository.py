@@ -175,7 +175,9 @@ def test_shipped_modules_are_their_sources_under_a_generated_header(target: str)
                "clip_batching.py": Path(models.__file__).parent / "batching.py",
                "clip_cuda_graphs.py": Path(models.__file__).parent / "cuda_graphs.py",
                "clip_pillow_resize.py": Path(models.__file__).parent / "pillow_resize.py",
-               "clip_mixed_resize.py": Path(models.__file__).parent / "mixed_resize.py"}
+               "clip_mixed_resize.py": Path(models.__file__).parent / "mixed_resize.py",
+               "clip_stage_clock.py": Path(models.__file__).parent / "stage_clock.py",
+               "clip_preprocess_metrics.py": Path(models.__file__).parent / "preprocess_metrics.py"}
     files = render_repository(named_architecture("ViT-B/32"), RepositoryOptions(target=target))
     python_files = {path: content for path, content in files.items() if path.endswith(".py")}
     assert python_files

@@ -35,6 +35,8 @@ PILLOW_RESIZE_MODULE = ("clip_pillow_resize.py", (_MODELS_PACKAGE, "pillow_resiz
 MIXED_RESIZE_MODULE = ("clip_mixed_resize.py", (_MODELS_PACKAGE, "mixed_resize.py"))
 BATCHING_MODULE = ("clip_batching.py", (_MODELS_PACKAGE, "batching.py"))
 CUDA_GRAPHS_MODULE = ("clip_cuda_graphs.py", (_MODELS_PACKAGE, "cuda_graphs.py"))
+STAGE_CLOCK_MODULE = ("clip_stage_clock.py", (_MODELS_PACKAGE, "stage_clock.py"))
+PREPROCESS_METRICS_MODULE = ("clip_preprocess_metrics.py", (_MODELS_PACKAGE, "preprocess_metrics.py"))
 _NATIVE_BACKENDS = {"onnx": ("onnxruntime", "onnxruntime_onnx"), "torchscript": ("pytorch", "pytorch_libtorch")}
 # What runs the fp32 ONNX model inside the CPU target's Python backend, per architecture family. Both give
 # fp32 features (OpenVINO is held to fp32, see visual_runtime.py); measured on our 2-core VM, same file:
@@ -288,11 +290,13 @@ def render_repository(spec: VisualSpec, options: RepositoryOptions) -> dict[str,
 def shipped_modules(options: RepositoryOptions) -> dict[str, list[tuple[str, tuple[str, str]]]]:
     """Per model, the Python files its version directory holds: (file name, (package, source file))."""
     common = [CONTRACT_MODULE, BATCHING_MODULE, GAUGE_MODULE]
-    preprocess = [("model.py", (_MODELS_PACKAGE, "preprocess_model.py")), *common, TRANSFORM_MODULE]
+    preprocess = [("model.py", (_MODELS_PACKAGE, "preprocess_model.py")), *common, TRANSFORM_MODULE,
+                  STAGE_CLOCK_MODULE, PREPROCESS_METRICS_MODULE]
     visual = []
     if options.on_gpu:
         preprocess = [("model.py", (_MODELS_PACKAGE, "gpu_preprocess_model.py")), *common, TRANSFORM_MODULE,
-                      GPU_TRANSFORM_MODULE, PILLOW_RESIZE_MODULE, MIXED_RESIZE_MODULE]
+                      STAGE_CLOCK_MODULE, PREPROCESS_METRICS_MODULE, GPU_TRANSFORM_MODULE, PILLOW_RESIZE_MODULE,
+                      MIXED_RESIZE_MODULE]
         if options.visual_backend == "python":
             visual = [("model.py", (_MODELS_PACKAGE, "torch_visual_model.py")), *common, CUDA_GRAPHS_MODULE]
     elif options.target == "cpu":

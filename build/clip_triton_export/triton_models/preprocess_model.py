@@ -5,7 +5,8 @@ Runs in Triton's Python backend. One `execute` call receives every request the d
 gathered; their images are decoded on `decode_threads` threads (0: one per core this process may
 use; each thread holds at most one decoded image), then normalized together in one numpy pass. An
 image that cannot be decoded fails only its own request, with INVALID_ARGUMENT and a reason per bad
-element.
+element. The time its batches spend per stage and the images it served or refused are published on Triton's
+metrics port (clip_stage_clock.py, clip_preprocess_metrics.py).
 """
 import json
 import os
@@ -19,6 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from clip_batching import draining, gather_images, refuse_while_draining, respond  # noqa: E402  (shipped beside this file)
 from clip_contract import PIXELS_TENSOR  # noqa: E402  (likewise)
 from clip_executing_gauge import ExecutingGauge  # noqa: E402  (likewise)
+from clip_preprocess_metrics import PreprocessMetrics  # noqa: E402  (likewise)
+from clip_stage_clock import CPU_TARGET_PATHS, CPU_TARGET_STAGES, StageClock  # noqa: E402  (likewise)
 from clip_transform import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, Preprocessing, preprocess_batch  # noqa: E402
 
 
@@ -38,6 +41,8 @@ class TritonPythonModel:
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="clip-decode") if threads > 1 else None
         self.map_images = self.pool.map if self.pool is not None else map
         self.executing = ExecutingGauge(args)  # read by `clip-triton serve` to drain before stopping
+        self.clock = StageClock(CPU_TARGET_STAGES, CPU_TARGET_PATHS)
+        self.metrics = PreprocessMetrics(args, self.clock)  # where the time goes, how many were refused
 
     def execute(self, requests):
         if draining():  # the entry of every new encode: refuse it (retryable) so that the drain can finish
@@ -46,11 +51,18 @@ class TritonPythonModel:
             return self._execute(requests)
 
     def _execute(self, requests):
-        images, counts = gather_images(requests)
-        pixels, errors = preprocess_batch(images, self.size, self.max_pixels, self.max_bytes, self.fast_jpeg,
-                                          self.map_images, self.preprocessing)
-        return respond(counts, errors, lambda start, stop: pb_utils.Tensor(PIXELS_TENSOR, pixels[start:stop]))
+        clock = self.clock
+        with clock.stage("read_inputs"):
+            images, counts = gather_images(requests)
+        with clock.stage("cpu_path"):
+            pixels, errors = preprocess_batch(images, self.size, self.max_pixels, self.max_bytes, self.fast_jpeg,
+                                              self.map_images, self.preprocessing)
+        clock.count("cpu", len(images) - len(errors))
+        clock.count("refused", len(errors))
+        with clock.stage("respond"):
+            return respond(counts, errors, lambda start, stop: pb_utils.Tensor(PIXELS_TENSOR, pixels[start:stop]))
 
     def finalize(self):
+        self.metrics.close()
         if self.pool is not None:
             self.pool.shutdown(wait=True)

@@ -35,6 +35,7 @@ import torch
 from clip_mixed_resize import DEFAULT_MAX_PIXELS as DEFAULT_MIXED_RESIZE_MAX_PIXELS
 from clip_mixed_resize import resize_crop_mixed, takes
 from clip_pillow_resize import FILTERS, resize_crop, weights_cached
+from clip_stage_clock import StageClock
 from clip_transform import (DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, OPENAI_PREPROCESSING, ImageRejected,
                             MapImages, Preprocessing, check_declared_size, preprocess_batch, resize_plan)
 
@@ -163,36 +164,45 @@ class BatchPreprocessor:
         self._cpu_job = ThreadPoolExecutor(1, thread_name_prefix="clip-cpu-path")  # runs beside the GPU work
         self.normalize = Normalizer(preprocessing.mean, preprocessing.std, device)
         self.decoder = decoder if decoder is not None else (default_decoder(device) if gpu_decode else None)
+        self.clock = StageClock()  # where each batch's time goes (the model publishes it as metrics)
 
     def __call__(self, images: Sequence[bytes]) -> tuple[torch.Tensor, dict[int, str]]:
+        clock = self.clock
         gpu: dict[int, int] = {}  # index -> pixels it decodes to, for the JPEGs the GPU path takes
         errors: dict[int, str] = {}
-        for index, data in enumerate(images):
-            frame = gpu_decodable_jpeg(data) if self.gpu_decode and len(data) <= self.max_bytes else None
-            if frame is None:
-                continue
-            try:  # the exact path's limits, checked before anything is decoded
-                check_declared_size(*frame, self.max_pixels)
-                resize_plan(*frame, self.size, self.max_pixels, self.preprocessing)
-                gpu[index] = frame[0] * frame[1]
-            except ImageRejected as error:
-                errors[index] = str(error)
+        with clock.stage("inspect"):
+            for index, data in enumerate(images):
+                frame = gpu_decodable_jpeg(data) if self.gpu_decode and len(data) <= self.max_bytes else None
+                if frame is None:
+                    continue
+                try:  # the exact path's limits, checked before anything is decoded
+                    check_declared_size(*frame, self.max_pixels)
+                    resize_plan(*frame, self.size, self.max_pixels, self.preprocessing)
+                    gpu[index] = frame[0] * frame[1]
+                except ImageRejected as error:
+                    errors[index] = str(error)
         cpu_indices = [i for i in range(len(images)) if i not in gpu and i not in errors]
         cpu_work = self._start_cpu(images, cpu_indices)
         pixels: dict[int, torch.Tensor] = {}
         refused_by_gpu = self._gpu_pixels(images, gpu, pixels)
-        cpu_pixels, cpu_errors = cpu_work()
-        retried, retry_errors = self._cpu(images, refused_by_gpu)
-        for indices, values, refusals in ((cpu_indices, cpu_pixels, cpu_errors), (refused_by_gpu, retried, retry_errors)):
-            good = [i for position, i in enumerate(indices) if position not in refusals]
-            errors.update({indices[position]: reason for position, reason in refusals.items()})
-            if good:
-                values = torch.from_numpy(values).to(self.device, non_blocking=False)
-                pixels.update(zip(good, values))
-        order = sorted(pixels)
-        if not order:
-            return torch.empty((0, 3, self.size, self.size), dtype=self.dtype, device=self.device), errors
-        return torch.stack([pixels[i] for i in order]).to(self.dtype), errors
+        clock.count("gpu", len(pixels))
+        with clock.stage("cpu_path"):
+            cpu_pixels, cpu_errors = cpu_work()
+            retried, retry_errors = self._cpu(images, refused_by_gpu)
+        with clock.stage("assemble"):
+            for indices, values, refusals in ((cpu_indices, cpu_pixels, cpu_errors),
+                                              (refused_by_gpu, retried, retry_errors)):
+                good = [i for position, i in enumerate(indices) if position not in refusals]
+                errors.update({indices[position]: reason for position, reason in refusals.items()})
+                clock.count("cpu", len(good))
+                if good:
+                    values = torch.from_numpy(values).to(self.device, non_blocking=False)
+                    pixels.update(zip(good, values))
+            clock.count("refused", len(errors))
+            order = sorted(pixels)
+            if not order:
+                return torch.empty((0, 3, self.size, self.size), dtype=self.dtype, device=self.device), errors
+            return torch.stack([pixels[i] for i in order]).to(self.dtype), errors
 
     def close(self) -> None:
         self._cpu_job.shutdown(wait=True)
@@ -227,30 +237,37 @@ class BatchPreprocessor:
         """Decode, resize and normalize the GPU-bound JPEGs into `pixels`; returns the indices the decoder refused."""
         refused: list[int] = []
         for chunk in _chunks(list(areas), areas.__getitem__, DECODE_BUDGET_PIXELS):
-            decoded = self.decoder([images[i] for i in chunk])
-            by_size: dict[tuple[int, int, tuple], list[tuple[int, torch.Tensor]]] = defaultdict(list)
-            for index, result in zip(chunk, decoded):
-                if isinstance(result, Exception) or result.shape[0] != 3:
-                    refused.append(index)
-                    continue
-                height, width = result.shape[-2:]
-                try:  # from the decoded size, which is the header's unless the decoder disagrees
-                    plan = resize_plan(width, height, self.size, self.max_pixels, self.preprocessing)
-                except ImageRejected:
-                    refused.append(index)
-                    continue
-                by_size[(height, width, plan)].append((index, result))
-            interpolation = self.preprocessing.interpolation
-            mixed = self._mixed_sizes(by_size)
-            if mixed:
-                values = resize_crop_mixed([image for _, image, _ in mixed], [plan for *_, plan in mixed],
-                                           self.size, interpolation)
-                pixels.update(zip((index for index, *_ in mixed), self.normalize(values.float())))
-            for (height, width, plan), members in by_size.items():
-                for group in _chunks(members, lambda _: height * width, RESIZE_BUDGET_PIXELS):
-                    values = resize_crop(torch.stack([image for _, image in group]), self.size, plan, interpolation)
-                    pixels.update(zip((index for index, _ in group), self.normalize(values.float())))
+            with self.clock.stage("gpu_decode"):
+                decoded = self.decoder([images[i] for i in chunk])
+            with self.clock.stage("gpu_resize"):
+                self._resize(chunk, decoded, refused, pixels)
         return refused
+
+    def _resize(self, chunk: list[int], decoded: list, refused: list[int], pixels: dict[int, torch.Tensor]) -> None:
+        """Queue the resize, crop and normalization of one decoded chunk into `pixels`; what the decoder refused,
+        or decoded to a size the limits refuse, goes to `refused`."""
+        by_size: dict[tuple[int, int, tuple], list[tuple[int, torch.Tensor]]] = defaultdict(list)
+        for index, result in zip(chunk, decoded):
+            if isinstance(result, Exception) or result.shape[0] != 3:
+                refused.append(index)
+                continue
+            height, width = result.shape[-2:]
+            try:  # from the decoded size, which is the header's unless the decoder disagrees
+                plan = resize_plan(width, height, self.size, self.max_pixels, self.preprocessing)
+            except ImageRejected:
+                refused.append(index)
+                continue
+            by_size[(height, width, plan)].append((index, result))
+        interpolation = self.preprocessing.interpolation
+        mixed = self._mixed_sizes(by_size)
+        if mixed:
+            values = resize_crop_mixed([image for _, image, _ in mixed], [plan for *_, plan in mixed],
+                                       self.size, interpolation)
+            pixels.update(zip((index for index, *_ in mixed), self.normalize(values.float())))
+        for (height, width, plan), members in by_size.items():
+            for group in _chunks(members, lambda _: height * width, RESIZE_BUDGET_PIXELS):
+                values = resize_crop(torch.stack([image for _, image in group]), self.size, plan, interpolation)
+                pixels.update(zip((index for index, _ in group), self.normalize(values.float())))
 
 
 def _chunks(items: list, cost: Callable, budget: int) -> list[list]:

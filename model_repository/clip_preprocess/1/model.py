@@ -5,7 +5,9 @@ JPEGs are decoded by nvJPEG and resized, cropped and normalized on the GPU, ever
 CPU path inside the same batch (clip_gpu_transform says which image goes where, and why the pixels match);
 with `gpu_decode: false` every image takes the exact path. The pixels stay on this instance's GPU, in the
 config's PIXEL_VALUES type (fp16 for the fp16 variant). An image that cannot be used fails only its own
-request, with INVALID_ARGUMENT and a reason per bad element, exactly as on the CPU target.
+request, with INVALID_ARGUMENT and a reason per bad element, exactly as on the CPU target. Where each batch's
+time goes, stage by stage, and which path each image took are published on Triton's metrics port
+(clip_stage_clock.py, clip_preprocess_metrics.py).
 """
 import json
 import os
@@ -24,6 +26,7 @@ from clip_executing_gauge import ExecutingGauge  # noqa: E402  (likewise)
 from clip_gpu_transform import BatchPreprocessor  # noqa: E402  (likewise)
 from clip_mixed_resize import DEFAULT_MAX_PIXELS as DEFAULT_MIXED_RESIZE_MAX_PIXELS, use_tf32  # noqa: E402
 from clip_pillow_resize import exact_method  # noqa: E402  (likewise)
+from clip_preprocess_metrics import PreprocessMetrics  # noqa: E402  (likewise)
 from clip_transform import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, Preprocessing  # noqa: E402
 
 _DTYPES = {"TYPE_FP16": torch.float16, "TYPE_FP32": torch.float32}
@@ -58,6 +61,7 @@ class TritonPythonModel:
             pb_utils.Logger.log_warn(f"clip_preprocess: the mixed-size GPU resize uses plain float32 products "
                                      f"({why_not_tf32})")
         self.executing = ExecutingGauge(args)  # read by `clip-triton serve` to drain before stopping
+        self.metrics = PreprocessMetrics(args, self.preprocess.clock)  # where the time goes, which path
 
     def execute(self, requests):
         if draining():  # the entry of every new encode: refuse it (retryable) so that the drain can finish
@@ -66,13 +70,18 @@ class TritonPythonModel:
             return self._execute(requests)
 
     def _execute(self, requests):
-        images, counts = gather_images(requests)
+        clock = self.preprocess.clock
+        with clock.stage("read_inputs"):
+            images, counts = gather_images(requests)
         pixels, errors = self.preprocess(images)
         if pixels.is_cuda:  # Triton copies the outputs on its own stream: our kernels must have finished
-            torch.cuda.current_stream(pixels.device).synchronize()
-        return respond(counts, errors,
-                       lambda start, stop: pb_utils.Tensor.from_dlpack(PIXELS_TENSOR, to_dlpack(pixels[start:stop])))
+            with clock.stage("gpu_wait"):
+                torch.cuda.current_stream(pixels.device).synchronize()
+        with clock.stage("respond"):
+            return respond(counts, errors, lambda start, stop: pb_utils.Tensor.from_dlpack(
+                PIXELS_TENSOR, to_dlpack(pixels[start:stop])))
 
     def finalize(self):
+        self.metrics.close()
         self.preprocess.close()
         self.pool.shutdown(wait=True)
