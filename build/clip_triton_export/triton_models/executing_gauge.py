@@ -18,7 +18,7 @@ class ExecutingGauge:
                                             description="Requests inside a model's execute() right now",
                                             kind=pb_utils.MetricFamily.GAUGE)
         self.metric = self.family.Metric(labels={"model": args["model_name"],
-                                                 "instance": args["model_instance_name"]})
+                                                 "model_instance": args["model_instance_name"]})
 
     @contextlib.contextmanager
     def tracking(self, requests):

@@ -55,7 +55,7 @@ class TritonPythonModel:
             name="clip_triton_cuda_graphs", kind=pb_utils.MetricFamily.GAUGE,
             description="Batch sizes clip_visual replays from CUDA graphs (0: every batch runs eagerly)")
         self.graphs_metric = self.graphs_family.Metric(labels={"model": args["model_name"],
-                                                               "instance": args["model_instance_name"]})
+                                                               "model_instance": args["model_instance_name"]})
         self.graphs_metric.set(len(self.run.sizes) if isinstance(self.run, GraphedBatches) else 0)
 
     def _graphed(self, image: torch.Tensor, sizes: tuple[int, ...]) -> Callable[[torch.Tensor], torch.Tensor]:
