@@ -157,7 +157,7 @@ def run_server(args, repository: Path, workloads: dict[str, Workload], loaded, p
             loadgen.encode_all(server.grpc_url, images)  # every image seen once before timing
             say(f"server end to end, {name} ({len(images)} images)")
             results["sweeps"][name] = loadgen.sweep(server.grpc_url, images, args.concurrency, args.warmup,
-                                                    args.seconds, progress=say)
+                                                    args.seconds, progress=say, metrics_url=server.metrics_url)
         return results
     finally:
         server.stop()

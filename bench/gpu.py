@@ -207,25 +207,12 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.empty_cache()
         return measured
 
-    if not args.variants_only:
-        run.stage("openai_way", openai)
-
     def export() -> dict:
         repository = args.repository or work / "repository"
         if args.repository is None:
             say(export_repository(repository, checkpoint=args.checkpoint,
                                   random_init=None if args.checkpoint else args.random_init, target="gpu"))
         return {"path": str(repository)}
-
-    exported = run.results.get("repository") if args.variants_only else run.stage("repository", export)
-    repository = Path(exported["path"]) if exported else None
-    artifact = repository / contract.VISUAL_MODEL / "1" / "model.pt" if repository else None
-    if args.variants_only and (artifact is None or not artifact.is_file()):
-        raise SystemExit(f"--variants-only: the earlier run left no exported model ({artifact or 'no repository'}); "
-                         "run the defaults first on this machine (same --work-dir)")
-
-    if not args.variants_only:
-        run.stage("model_alone", lambda: gpu_inprocess.model_alone(artifact, size, (256, 1024), args.seconds))
 
     def decoding() -> dict:
         folder = repository / contract.PREPROCESS_MODEL / "1"
@@ -265,9 +252,6 @@ def main(argv: list[str] | None = None) -> int:
                     f"{measured[f'libjpeg_{name}']['images_per_s']:.0f} images/s")
         return measured
 
-    if not args.variants_only:
-        run.stage("decoding_alone", decoding)
-
     def serve_and_measure(served_repository: Path, levels: dict[str, str], check: bool) -> dict:
         measured: dict = {"sweeps": {}, "check": {}}
         log = (work / "tritonserver.log").resolve()
@@ -289,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
             for name, text in levels.items():
                 loadgen.encode_all(served.grpc_url, sets[name])  # every image seen once before timing
                 measured["sweeps"][name] = loadgen.sweep(served.grpc_url, sets[name], parse_levels(text),
-                                                         args.warmup, args.seconds, progress=say)
+                                                         args.warmup, args.seconds, progress=say,
+                                                         metrics_url=served.metrics_url)
             held = machine.gpu_memory_by_process()  # after the sweeps: every allocator at its largest
             processes = {served.pid: "tritonserver", **procfs.backend_stubs(served.pid)}
             measured["gpu_memory_mib"] = {name: held[pid] for pid, name in processes.items() if pid in held}
@@ -317,7 +302,20 @@ def main(argv: list[str] | None = None) -> int:
             run.save()
         return measured
 
-    if not args.variants_only:
+    def exported_model(exported: dict | None) -> tuple[Path | None, Path | None]:
+        repository = Path(exported["path"]) if exported else None
+        return repository, repository / contract.VISUAL_MODEL / "1" / "model.pt" if repository else None
+
+    if args.variants_only:  # the defaults were measured by an earlier run, whose export the variants reuse
+        repository, artifact = exported_model(run.results.get("repository"))
+        if artifact is None or not artifact.is_file():
+            raise SystemExit(f"--variants-only: the earlier run left no exported model ({artifact or 'no repository'}); "
+                             "run the defaults first on this machine (same --work-dir)")
+    else:
+        run.stage("openai_way", openai)
+        repository, artifact = exported_model(run.stage("repository", export))
+        run.stage("model_alone", lambda: gpu_inprocess.model_alone(artifact, size, (256, 1024), args.seconds))
+        run.stage("decoding_alone", decoding)
         run.stage("server", server)
     if not args.no_variants:
         run.stage("variants", variants)

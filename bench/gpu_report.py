@@ -135,6 +135,7 @@ def markdown(results: dict) -> str:
             cells = [_number(_ips(decoding.get(f"{key.split('_')[0]}_{name}{key[len(key.split('_')[0]):]}")))
                      for name in WORKLOADS]
             lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
+        lines += _transform_stages(decoding)
     variants = results.get("variants") or {}
     lines += _mixed_sizes(head, variants, results.get("workloads", {}).get(VARIED, {}))
     if variants:
@@ -183,6 +184,7 @@ def markdown(results: dict) -> str:
                          f"{cells[0]} | {cells[1]} |")
             if level.get("first_error"):
                 lines.append(f"|  | first error: `{level['first_error'][:150]}` | | | | | | |")
+        lines += _preprocess_stages(levels)
     if server.get("gpu_memory_mib"):
         held = server["gpu_memory_mib"]
         lines += ["", "## GPU memory held after the sweeps", "",
@@ -194,6 +196,41 @@ def markdown(results: dict) -> str:
     lines += ["", "Reproduce: `make bench-gpu` on a GPU host (`python -m bench.gpu --help`); "
               "`python -m bench.gpu_report bench/report/gpu/results.json` re-renders this page."]
     return "\n".join(lines) + "\n"
+
+
+def _transform_stages(decoding: dict) -> list[str]:
+    """The in-process GPU transform's stage clock: milliseconds per image in each stage, per measurement."""
+    measured = {key: value for key, value in decoding.items() if key.startswith("transform_") and value.get("ms_per_image")}
+    if not measured:
+        return []
+    stages = [stage for stage in dict.fromkeys(s for value in measured.values() for s in value["ms_per_image"])
+              if stage not in ("read_inputs", "respond")]  # the model's own, not run in process
+    lines = ["", "The whole GPU transform alone, by stage (milliseconds per image; one process, batches one after "
+             "another):", "", "| measured | " + " | ".join(stages) + " |", "|---|" + "---|" * len(stages)]
+    for key, value in measured.items():
+        lines.append(f"| {key} | " + " | ".join(f"{value['ms_per_image'].get(stage, 0):.3f}" for stage in stages) + " |")
+    return lines
+
+
+def _preprocess_stages(levels: list[dict]) -> list[str]:
+    """clip_preprocess's own metrics per level (clip_stage_clock.py): each stage's instance time per image, and
+    the images by path. Runs from before the metrics existed have none: nothing is rendered."""
+    measured = [(level, level.get("preprocess_stages")) for level in levels]
+    measured = [(level, stages) for level, stages in measured if stages and stages.get("ms_per_image")]
+    if not measured:
+        return []
+    stages = list(dict.fromkeys(stage for _, seen in measured for stage in seen["ms_per_image"]))
+    lines = ["", "Where clip_preprocess's time goes (its own metrics: milliseconds per image in each stage, summed "
+             "over instances, so the wall time per image is about this divided by the busy instances; images by "
+             "path as gpu / cpu / refused):", "",
+             "| level | " + " | ".join(stages) + " | images gpu / cpu / refused |",
+             "|---|" + "---|" * (len(stages) + 1)]
+    for level, seen in measured:
+        images = seen.get("images", {})
+        lines.append(f"| {_level_name(level)} | " + " | ".join(f"{seen['ms_per_image'].get(stage, 0):.3f}"
+                                                              for stage in stages) +
+                     f" | {images.get('gpu', 0):,} / {images.get('cpu', 0):,} / {images.get('refused', 0):,} |")
+    return lines
 
 
 def _mixed_sizes(head: dict, variants: dict, workload: dict) -> list[str]:

@@ -32,7 +32,7 @@ import tritonclient.grpc.aio as grpcaio
 
 from clip_triton import contract
 
-from . import triton_stats
+from . import preprocess_stages, triton_stats
 from .timing import latency_summary
 
 Record = tuple[float, float, Union[str, None]]  # (sent, replied, error or None), on one clock
@@ -142,16 +142,18 @@ async def _clients(url: str, requests: Sequence, clients: range, images_per_requ
 
 
 async def _window(url: str, progress: Progress, concurrency: int, warmup_s: float, seconds: float, timeout_s: float,
-                  max_window_factor: float, clock: Callable[[], float],
-                  check: Callable[[], None]) -> tuple[float, float, dict]:
-    """Wait for every client's first reply and the warm-up, then measure: (window start, end, Triton's breakdown).
-    `check` raises when the clients can no longer reply (a load process died)."""
+                  max_window_factor: float, clock: Callable[[], float], check: Callable[[], None],
+                  metrics_url: str | None = None) -> tuple[float, float, dict, dict | None]:
+    """Wait for every client's first reply and the warm-up, then measure: (window start, end, Triton's breakdown,
+    clip_preprocess's stages when `metrics_url` is given, else None). `check` raises when the clients can no
+    longer reply (a load process died)."""
     started = clock()
     while progress.clients_replied() < concurrency:
         check()
         await asyncio.sleep(POLL_S)
     await asyncio.sleep(max(0.0, warmup_s - (clock() - started)))
     before = await asyncio.to_thread(triton_stats.read, url)
+    stages_before = await asyncio.to_thread(preprocess_stages.read, metrics_url) if metrics_url else None
     window_start = clock()
     progress.open_window(window_start)
     await asyncio.sleep(seconds)
@@ -162,12 +164,15 @@ async def _window(url: str, progress: Progress, concurrency: int, warmup_s: floa
         await asyncio.sleep(POLL_S)
     window_end = clock()
     after = await asyncio.to_thread(triton_stats.read, url)
+    stages = None
+    if stages_before is not None:
+        stages = preprocess_stages.window(stages_before, await asyncio.to_thread(preprocess_stages.read, metrics_url))
     progress.stop()
-    return window_start, window_end, triton_stats.window(before, after)
+    return window_start, window_end, triton_stats.window(before, after), stages
 
 
 def summarise(records: Sequence[Record], window_start: float, window_end: float, level: Level,
-              server_stats: dict) -> dict:
+              server_stats: dict, preprocess: dict | None = None) -> dict:
     """A level's figures from every request's record: throughput by Little's law and counted, latency per request."""
     inside = [r for r in records if window_start <= r[1] <= window_end]
     good = [replied - sent for sent, replied, error in inside if error is None]
@@ -183,6 +188,7 @@ def summarise(records: Sequence[Record], window_start: float, window_end: float,
         "images_per_s_counted": round(len(good) * per_request / duration, 3),
         "latency_ms": latency_summary(good),
         "server_stats": server_stats,
+        "preprocess_stages": preprocess,
         "images_per_request": per_request, "processes": level.processes,
         "requests_per_s": round(requests_per_s, 3),
     }
@@ -190,7 +196,8 @@ def summarise(records: Sequence[Record], window_start: float, window_end: float,
 
 async def closed_loop(url: str, images: Sequence[bytes], concurrency: int, warmup_s: float, seconds: float,
                       model: str = contract.ENSEMBLE_MODEL, timeout_s: float = 300.0,
-                      max_window_factor: float = 10.0, images_per_request: int = 1) -> dict:
+                      max_window_factor: float = 10.0, images_per_request: int = 1,
+                      metrics_url: str | None = None) -> dict:
     """One level in this process: images/s, latency percentiles, errors, and the server's own breakdown."""
     progress = Progress()
     clients = asyncio.create_task(_clients(url, requests_for(images, images_per_request), range(concurrency),
@@ -202,12 +209,12 @@ async def closed_loop(url: str, images: Sequence[bytes], concurrency: int, warmu
             raise RuntimeError("the load generator's clients stopped before the window closed")
 
     try:
-        start, end, server_stats = await _window(url, progress, concurrency, warmup_s, seconds, timeout_s,
-                                                 max_window_factor, time.perf_counter, check)
+        start, end, server_stats, stages = await _window(url, progress, concurrency, warmup_s, seconds, timeout_s,
+                                                         max_window_factor, time.perf_counter, check, metrics_url)
     finally:
         progress.stop()
         records = await clients
-    return summarise(records, start, end, Level(concurrency, images_per_request, 1), server_stats)
+    return summarise(records, start, end, Level(concurrency, images_per_request, 1), server_stats, stages)
 
 
 def _load_process(url: str, images: Sequence[bytes], clients: range, images_per_request: int, model: str,
@@ -222,7 +229,7 @@ def _load_process(url: str, images: Sequence[bytes], clients: range, images_per_
 
 
 def _across_processes(url: str, images: Sequence[bytes], level: Level, warmup_s: float, seconds: float,
-                      model: str, timeout_s: float, max_window_factor: float) -> dict:
+                      model: str, timeout_s: float, max_window_factor: float, metrics_url: str | None = None) -> dict:
     """One level with the clients spread over `level.processes` spawned processes; the window runs here."""
     ctx = multiprocessing.get_context("spawn")
     progress, results = Progress(ctx), ctx.Queue()
@@ -239,8 +246,8 @@ def _across_processes(url: str, images: Sequence[bytes], level: Level, warmup_s:
             raise RuntimeError(f"a load process ended early: {_drain(results, 0.5)}")
 
     try:
-        start, end, server_stats = asyncio.run(_window(url, progress, level.concurrency, warmup_s, seconds,
-                                                       timeout_s, max_window_factor, time.time, check))
+        start, end, server_stats, stages = asyncio.run(_window(url, progress, level.concurrency, warmup_s, seconds,
+                                                       timeout_s, max_window_factor, time.time, check, metrics_url))
         records = [record for _ in children for record in _received(results, timeout_s + 60)]
     finally:
         progress.stop()
@@ -249,7 +256,7 @@ def _across_processes(url: str, images: Sequence[bytes], level: Level, warmup_s:
             if child.is_alive():
                 child.terminate()
                 child.join()
-    return summarise(records, start, end, level, server_stats)
+    return summarise(records, start, end, level, server_stats, stages)
 
 
 def _received(results: Any, timeout_s: float) -> list[Record]:
@@ -267,13 +274,14 @@ def _drain(results: Any, timeout_s: float) -> str:
 
 def run_level(url: str, images: Sequence[bytes], concurrency: int, warmup_s: float, seconds: float,
               images_per_request: int = 1, processes: int = 1, model: str = contract.ENSEMBLE_MODEL,
-              timeout_s: float = 300.0, max_window_factor: float = 10.0) -> dict:
-    """One level, in this process's event loop (processes=1) or spread over processes (never more than clients)."""
+              timeout_s: float = 300.0, max_window_factor: float = 10.0, metrics_url: str | None = None) -> dict:
+    """One level, in this process's event loop (processes=1) or spread over processes (never more than clients).
+    With `metrics_url` (Triton's metrics page), the server's breakdown includes clip_preprocess's stages."""
     level = Level(concurrency, images_per_request, max(1, min(processes, concurrency)))
     if level.processes == 1:
         return asyncio.run(closed_loop(url, images, concurrency, warmup_s, seconds, model, timeout_s,
-                                       max_window_factor, images_per_request))
-    return _across_processes(url, images, level, warmup_s, seconds, model, timeout_s, max_window_factor)
+                                       max_window_factor, images_per_request, metrics_url))
+    return _across_processes(url, images, level, warmup_s, seconds, model, timeout_s, max_window_factor, metrics_url)
 
 
 def progress_line(level: dict) -> str:
@@ -286,13 +294,13 @@ def progress_line(level: dict) -> str:
 
 
 def sweep(url: str, images: Sequence[bytes], levels: Sequence[int | Level], warmup_s: float, seconds: float,
-          progress: Callable[[str], None] = print) -> list[dict]:
+          progress: Callable[[str], None] = print, metrics_url: str | None = None) -> list[dict]:
     """`run_level` at each level in turn; a plain int is a concurrency with one image per request, one process."""
     results = []
     for level in levels:
         level = level if isinstance(level, Level) else Level(int(level))
         measured = run_level(url, images, level.concurrency, warmup_s, seconds, level.images_per_request,
-                             level.processes)
+                             level.processes, metrics_url=metrics_url)
         progress(progress_line(measured))
         results.append(measured)
     return results

@@ -124,3 +124,44 @@ def test_gpu_memory_is_read_per_process_and_reported_with_its_total() -> None:
                                                               "clip_visual_0_0": 900}}})
     assert "tritonserver 2,300 MiB, clip_preprocess_0_0 1,500 MiB, clip_visual_0_0 900 MiB; 4,700 MiB in all" in page
     assert "GPU memory" not in gpu_report.markdown({"server": {"gpu_memory_mib": {}}}), "not visible: no section"
+
+
+def test_each_levels_preprocessing_stages_are_reported_under_its_table() -> None:
+    stages = {"images": {"gpu": 4096, "cpu": 0, "refused": 0},
+              "ms_per_image": {"read_inputs": 0.01, "inspect": 0.004, "gpu_decode": 0.21, "gpu_resize": 0.05,
+                               "cpu_path": 0.0, "assemble": 0.02, "gpu_wait": 0.03, "respond": 0.002}}
+    measured = level(32, 64, 5400.0, 300.0)
+    with_stages = {**measured, "preprocess_stages": stages}
+    page = gpu_report.markdown({"server": {"sweeps": {"small": [level(1, 1, 90.0, 11.0), with_stages]}}})
+    assert ("| 32 × 64 image(s), 1 process(es) | 0.010 | 0.004 | 0.210 | 0.050 | 0.000 | 0.020 | 0.030 | 0.002 | "
+            "4,096 / 0 / 0 |") in page
+    assert "| level | read_inputs | inspect | gpu_decode | gpu_resize | cpu_path | assemble | gpu_wait | respond |" in page
+    assert "| 1 × 1 image(s)" in page.split("Where clip_preprocess's time goes")[0], "a level without metrics: no row"
+    assert page.count("| 1 × 1 image(s)") == 1
+    assert "Where clip_preprocess's time goes" not in gpu_report.markdown(
+        {"server": {"sweeps": {"small": [measured]}}}), "a run from before the metrics: no table"
+
+
+def test_the_transform_alones_stages_are_reported_without_the_models_own() -> None:
+    ms = {"read_inputs": 0.0, "inspect": 0.004, "gpu_decode": 0.17, "gpu_resize": 0.05, "cpu_path": 0.0,
+          "assemble": 0.01, "gpu_wait": 0.04, "respond": 0.0}
+    page = gpu_report.markdown({"decoding_alone": {"transform_small": {"images_per_s": 4000.0, "ms_per_image": ms},
+                                                   "nvjpeg_small": {"images_per_s": 5800.0}}})
+    assert "| measured | inspect | gpu_decode | gpu_resize | cpu_path | assemble | gpu_wait |" in page
+    assert "| transform_small | 0.004 | 0.170 | 0.050 | 0.000 | 0.010 | 0.040 |" in page
+    assert "by stage" not in gpu_report.markdown({"decoding_alone": {"transform_small": {"images_per_s": 1.0}}})
+
+
+def test_the_transform_alone_runs_the_shipped_batch_code_and_reads_its_clock(tmp_path) -> None:
+    """The in-process measurement on this CPU (Pillow standing in for nvJPEG): the figures bench-gpu reports."""
+    from bench import gpu_inprocess
+    from gpu_support import jpeg_photos, shipped_gpu_transform
+
+    photos = list(jpeg_photos().values())
+    preprocessor = shipped_gpu_transform(tmp_path).BatchPreprocessor(224, torch.device("cpu"), torch.float32)
+    measured = gpu_inprocess.gpu_transform_alone(preprocessor, photos, batch_size=4, seconds=0.2)
+    preprocessor.close()
+    assert measured["images"] == 4 * measured["steps"] and measured["paths"]["gpu"] == measured["images"]
+    assert measured["paths"]["cpu"] == measured["paths"]["refused"] == 0
+    assert all(measured["ms_per_image"][stage] > 0 for stage in ("inspect", "gpu_decode", "gpu_resize", "assemble"))
+    assert measured["ms_per_image"]["gpu_wait"] == 0.0, "no GPU work on a CPU"

@@ -28,7 +28,8 @@ ENSEMBLE = "clip_image_encoder"
 def test_a_level_carries_n_images_per_request(vit_server, images_per_request: int, processes: int) -> None:
     images = [data for _, data in load_folder(IMAGES)]
     level = loadgen.run_level(vit_server.grpc_url, images, concurrency=4, warmup_s=0.2, seconds=1.0,
-                              images_per_request=images_per_request, processes=processes)
+                              images_per_request=images_per_request, processes=processes,
+                              metrics_url=vit_server.metrics_url)
     print(loadgen.progress_line(level))
     assert (level["images_per_request"], level["processes"]) == (images_per_request, processes)
     assert level["requests"] > 0 and level["errors"] == 0, level["first_error"]
@@ -37,6 +38,12 @@ def test_a_level_carries_n_images_per_request(vit_server, images_per_request: in
     assert level["latency_ms"]["p50"] > 0
     ensemble = level["server_stats"][ENSEMBLE]  # Triton's count over the window: N images in every request
     assert ensemble["requests"] > 0 and ensemble["inferences"] == images_per_request * ensemble["requests"]
+    # clip_preprocess's own metrics, read at both ends of the window (they lag by up to 0.5 s, so not exactly
+    # the window's images, but all on the exact CPU path, and each stage timed)
+    stages = level["preprocess_stages"]
+    assert stages["images"]["cpu"] > 0 and stages["images"]["refused"] == 0
+    assert set(stages["ms_per_image"]) == {"read_inputs", "cpu_path", "respond"}
+    assert stages["ms_per_image"]["cpu_path"] > 0
 
 
 @pytest.mark.server
@@ -157,3 +164,27 @@ def test_locust_output_percentiles_and_error_text(tmp_path: Path) -> None:
         "Exceeds maximum queue size"
     assert locust_output.error_text('RequestFailed("it\'s [1] odd")') == "it's [1] odd"
     assert locust_output.failures(tmp_path / "missing") == []
+
+
+def test_preprocess_stages_sum_instances_and_give_milliseconds_per_image() -> None:
+    from measure import preprocess_stages
+
+    def page(decode: float, resize: float, gpu: int, cpu: int) -> str:
+        return "\n".join([
+            "# HELP clip_triton_preprocess_seconds_total Seconds ...",
+            "# TYPE clip_triton_preprocess_seconds_total counter",
+            f'clip_triton_preprocess_seconds_total{{model_instance="clip_preprocess_0_0",model="clip_preprocess",stage="gpu_decode"}} {decode}',
+            f'clip_triton_preprocess_seconds_total{{model_instance="clip_preprocess_0_1",model="clip_preprocess",stage="gpu_decode"}} {decode}',
+            f'clip_triton_preprocess_seconds_total{{model_instance="clip_preprocess_0_0",model="clip_preprocess",stage="gpu_resize"}} {resize}',
+            f'clip_triton_preprocess_images_total{{model_instance="clip_preprocess_0_0",model="clip_preprocess",path="gpu"}} {gpu}',
+            f'clip_triton_preprocess_images_total{{model_instance="clip_preprocess_0_1",model="clip_preprocess",path="cpu"}} {cpu}',
+            'nv_inference_count{model="clip_preprocess",version="1"} 123',
+            'clip_triton_executing_requests{model_instance="clip_preprocess_0_0",model="clip_preprocess"} 1',
+        ])
+
+    before, after = preprocess_stages.parse(page(1.0, 0.5, 100, 10)), preprocess_stages.parse(page(2.0, 0.7, 290, 20))
+    assert before == {"seconds": {"gpu_decode": 2.0, "gpu_resize": 0.5}, "images": {"gpu": 100.0, "cpu": 10.0}}
+    seen = preprocess_stages.window(before, after)
+    assert seen["images"] == {"gpu": 190, "cpu": 10}
+    assert seen["ms_per_image"] == pytest.approx({"gpu_decode": 10.0, "gpu_resize": 1.0})
+    assert preprocess_stages.window(after, after) == {"images": {"gpu": 0, "cpu": 0}, "ms_per_image": {}}
