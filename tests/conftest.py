@@ -88,8 +88,50 @@ def variant_export(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, s
     return export
 
 
+@pytest.fixture(scope="module")
+def gpu_transform(tmp_path_factory: pytest.TempPathFactory):
+    """clip_gpu_transform as the GPU target ships it, imported from a rendered repository (gpu_support)."""
+    from gpu_support import shipped_gpu_transform
+
+    return shipped_gpu_transform(tmp_path_factory.mktemp("gpu-repository"))
+
+
 @pytest.fixture(scope="session")
 def vit_server(vit_repository: Path) -> Iterator[TritonServer]:
     """One shared server (tiny ViT, ONNX) for tests that only need *a* correct server."""
     with running_server(vit_repository) as server:
         yield server
+
+
+def settled_preprocess_totals(metrics_url: str, timeout_s: float = 10.0) -> dict:
+    """clip_preprocess's metrics once they have caught up with earlier requests: the same in two readings taken
+    more than one publishing interval (0.5 s) apart."""
+    import time
+
+    from measure import preprocess_stages
+
+    deadline = time.monotonic() + timeout_s
+    last = preprocess_stages.read(metrics_url)
+    while True:
+        time.sleep(0.6)
+        now = preprocess_stages.read(metrics_url)
+        if now == last or time.monotonic() > deadline:
+            assert now == last, "clip_preprocess's metrics kept changing with no request in flight"
+            return now
+        last = now
+
+
+def preprocess_window(metrics_url: str, before: dict, images: int, timeout_s: float = 10.0) -> dict:
+    """clip_preprocess's metrics since `before` (measure.preprocess_stages), once `images` more were counted: the
+    models publish every 0.5 s, so this waits for them (and fails if more or fewer than `images` arrive)."""
+    import time
+
+    from measure import preprocess_stages
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        seen = preprocess_stages.window(before, preprocess_stages.read(metrics_url))
+        if sum(seen["images"].values()) >= images or time.monotonic() > deadline:
+            assert sum(seen["images"].values()) == images, seen
+            return seen
+        time.sleep(0.1)

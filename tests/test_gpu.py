@@ -23,7 +23,7 @@ from tritonclient.grpc import model_config_pb2 as pb
 from clip_triton import ClipClient, InvalidImageError, contract, transform
 from clip_triton.transform import preprocess, preprocess_batch
 from clip_triton_export.pipeline import export_repository, load_source
-from conftest import IMAGE_NAMES, image_bytes, running_server
+from conftest import IMAGE_NAMES, image_bytes, preprocess_window, running_server, settled_preprocess_totals
 from gpu_support import MIXED_SIZES, jpeg, jpeg_photos, model_gauge, shipped_gpu_transform, shipped_module
 
 CUDA = torch.cuda.is_available()
@@ -171,6 +171,25 @@ def test_bad_images_are_refused_alone_on_the_gpu_path(served) -> None:
     assert set(bad) <= {f.index for f in result.failures} <= set(bad) | {8}
     rows = [position for position, index in enumerate(result.indices) if index < 8]
     assert cosine(result.features[rows], alone).min() >= 0.99999
+
+
+def test_every_jpeg_takes_the_gpu_path_and_the_stage_metrics_say_so(served) -> None:
+    """On a GPU, nvJPEG decodes every JPEG of the shared set (baseline, greyscale, progressive) and the PNGs take
+    the exact path: clip_preprocess's metrics count them so, and time the GPU stages, the wait for the GPU
+    included (recorded for the benchmark report)."""
+    arch, _, server = served
+    if arch != "ViT-B/32":
+        pytest.skip("one architecture is enough for the metrics")
+
+    photos = list(jpeg_photos().values())
+    pngs = [image_bytes(name) for name in IMAGE_NAMES if name.endswith(".png")]
+    before = settled_preprocess_totals(server.metrics_url)
+    with ClipClient(server.grpc_url) as client:
+        client.encode(photos + pngs, batch_size=len(photos) + len(pngs))
+    seen = preprocess_window(server.metrics_url, before, len(photos) + len(pngs))
+    MEASURED["preprocess_stages_one_batch"] = seen
+    assert seen["images"] == {"gpu": len(photos), "cpu": len(pngs), "refused": 0}
+    assert all(seen["ms_per_image"][stage] > 0 for stage in ("gpu_decode", "gpu_resize", "cpu_path", "gpu_wait"))
 
 
 def test_encode_pixels_sends_fp16_to_the_gpu_model(served) -> None:

@@ -13,7 +13,8 @@ from tritonclient.grpc import model_config_pb2 as pb
 from clip_triton import ClipClient, InvalidImageError, contract
 from clip_triton.transform import preprocess
 from clip_triton_export.pipeline import export_repository
-from conftest import IMAGE_NAMES, assert_features_match, golden_checkpoint, golden_features, image_bytes, running_server
+from conftest import (IMAGE_NAMES, assert_features_match, golden_checkpoint, golden_features, image_bytes,
+                      preprocess_window, running_server, settled_preprocess_totals)
 from gpu_support import jpeg_photos, model_gauge, on_cpu_instances
 
 pytestmark = pytest.mark.server
@@ -112,3 +113,22 @@ def test_servers_of_gpu_repositories_get_a_cuda_memory_pool_on_every_visible_gpu
                              f"--backend-config=python,shm-growth-byte-size={GPU_SHM_GROWTH_BYTES}"], "cpu": []}
     explicit = ServerOptions(tmp_path / "gpu", cuda_memory_pool_bytes={0: 1024}).command(Path("t"), Path("b"))
     assert "--cuda-memory-pool-byte-size=0:1024" in explicit
+
+
+def test_preprocessing_metrics_count_each_path_and_time_every_stage(gpu_target_server) -> None:
+    """clip_preprocess's own counters on Triton's metrics port: which path each image took, the seconds of
+    every stage (read by bench-gpu's report and the Grafana dashboard)."""
+    from clip_triton_export.triton_models.stage_clock import PATHS, STAGES
+
+    photos = list(jpeg_photos().values())
+    pngs = [image_bytes(name) for name in IMAGE_NAMES if name.endswith(".png")]
+    before = settled_preprocess_totals(gpu_target_server.metrics_url)
+    assert set(before["seconds"]) == set(STAGES) and set(before["images"]) == set(PATHS), "every series from the start"
+    with ClipClient(gpu_target_server.grpc_url) as client:
+        client.encode(photos + pngs)
+        with pytest.raises(InvalidImageError):
+            client.encode([b"not an image"])
+    seen = preprocess_window(gpu_target_server.metrics_url, before, len(photos) + len(pngs) + 1)
+    assert seen["images"] == {"gpu": len(photos), "cpu": len(pngs), "refused": 1}
+    assert all(seen["ms_per_image"][stage] > 0 for stage in STAGES if stage != "gpu_wait"), seen
+    assert seen["ms_per_image"]["gpu_wait"] == 0.0, "CPU instances have no GPU work to wait for"

@@ -15,12 +15,7 @@ from PIL import Image
 from clip_triton import transform
 from conftest import image_bytes
 from gpu_support import MIXED_SIZES as SIZES
-from gpu_support import jpeg, shipped_gpu_transform
-
-
-@pytest.fixture(scope="module")
-def gpu_transform(tmp_path_factory: pytest.TempPathFactory):
-    return shipped_gpu_transform(tmp_path_factory.mktemp("gpu-repository"))
+from gpu_support import jpeg
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ from tritonclient.utils import InferenceServerException
 from bad_inputs import bad_images
 from clip_triton import contract
 from clip_triton.client import ClipClient
-from conftest import IMAGE_NAMES, IMAGES, assert_features_match, export_golden, golden_features, image_bytes, running_server
+from conftest import (IMAGE_NAMES, IMAGES, assert_features_match, export_golden, golden_features, image_bytes,
+                      preprocess_window, running_server, settled_preprocess_totals)
 
 pytestmark = pytest.mark.server
 
@@ -140,3 +141,17 @@ def test_full_size_architectures_serve_what_eager_torch_computes(arch: str, tmp_
         served = infer(server.grpc_url, [image_bytes(n) for n in IMAGE_NAMES])
     assert served.shape == (len(IMAGE_NAMES), loaded.spec.embed_dim)
     assert_features_match(served, expected)
+
+
+def test_preprocessing_metrics_count_served_and_refused_images(vit_server) -> None:
+    """The CPU target's clip_preprocess publishes the same counters with its own stages: every image takes the
+    exact CPU path or is refused."""
+
+    before = settled_preprocess_totals(vit_server.metrics_url)
+    assert set(before["seconds"]) == {"read_inputs", "cpu_path", "respond"} and set(before["images"]) == {"cpu", "refused"}
+    infer(vit_server.grpc_url, [image_bytes(name) for name in IMAGE_NAMES])
+    with pytest.raises(InferenceServerException):
+        infer(vit_server.grpc_url, [image_bytes("horse.png"), b""])
+    seen = preprocess_window(vit_server.metrics_url, before, len(IMAGE_NAMES) + 2)
+    assert seen["images"] == {"cpu": len(IMAGE_NAMES) + 1, "refused": 1}
+    assert all(value > 0 for value in seen["ms_per_image"].values()), seen
