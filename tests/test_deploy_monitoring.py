@@ -66,8 +66,10 @@ def test_dashboard_is_valid_json_with_unique_panel_ids_and_parseable_queries():
 def test_dashboard_covers_what_operators_need():
     titles = {p["title"] for p in dashboard()["panels"]}
     assert {"Throughput", "Queue time per request", "Compute time per request", "Average batch size",
-            "Failures", "GPU utilisation", "GPU memory"} <= titles
+            "Failures", "GPU utilisation", "GPU memory", "Preprocessing time per image, by stage",
+            "Images by preprocessing path"} <= titles
     metrics = {s.name for q in dashboard_queries() for s in selectors(q)}
     assert {"nv_inference_count", "nv_inference_exec_count", "nv_inference_queue_duration_us",
             "nv_inference_compute_infer_duration_us", "nv_inference_request_failure",
-            "nv_gpu_utilization", "nv_gpu_memory_used_bytes", "nv_gpu_memory_total_bytes"} <= metrics
+            "nv_gpu_utilization", "nv_gpu_memory_used_bytes", "nv_gpu_memory_total_bytes",
+            "clip_triton_preprocess_seconds_total", "clip_triton_preprocess_images_total"} <= metrics
