@@ -42,7 +42,10 @@ class PreprocessMetrics:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            self.publish()
+            try:
+                self.publish()
+            except Exception as error:  # noqa: BLE001 - a lost interval must not stop the metrics for good
+                pb_utils.Logger.log_warn(f"clip_preprocess: metrics not published for one interval: {error!r}")
 
     def publish(self) -> None:
         seconds, images = self.clock.take()
