@@ -8,7 +8,8 @@ Shipped beside both clip_preprocess models as `clip_preprocess_metrics.py`. Two 
 
 A thread publishes the totals every PUBLISH_INTERVAL_S. Each increment is a round trip to the Triton
 process (measured 30-175 us each on our 2-vCPU VM), and a GPU batch has up to nine to publish. Publishing
-from execute() would add that to every batch's latency. The metrics lag the work by at most one interval.
+from execute() would add that to every batch's latency. A stage's time is added when the stage ends, so the metrics lag the work by
+up to one interval plus the batch in progress.
 """
 import threading
 
@@ -36,27 +37,45 @@ class PreprocessMetrics:
         self.seconds = {stage: self.seconds_family.Metric(labels={**labels, "stage": stage}) for stage in clock.stages}
         self.images = {path: self.images_family.Metric(labels={**labels, "path": path}) for path in clock.paths}
         self.clock, self.interval_s = clock, interval_s
+        self._failing = False  # one warning per run of failed intervals, not one every 0.5 s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="clip-preprocess-metrics", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            try:
-                self.publish()
-            except Exception as error:  # noqa: BLE001 - a lost interval must not stop the metrics for good
-                pb_utils.Logger.log_warn(f"clip_preprocess: metrics not published for one interval: {error!r}")
+            self._publish_or_warn()
+
+    def _publish_or_warn(self) -> None:
+        try:
+            self.publish()
+        except Exception as error:  # noqa: BLE001 - kept for the next interval; the metrics must go on
+            if not self._failing:
+                pb_utils.Logger.log_warn(f"clip_preprocess: metrics not published (kept for the next try): {error!r}")
+            self._failing = True
+        else:
+            self._failing = False
 
     def publish(self) -> None:
+        """Add what the clock counted since the last publish to the counters; what could not be added goes
+        back to the clock."""
         seconds, images = self.clock.take()
-        for stage, value in seconds.items():
-            if value > 0:
-                self.seconds[stage].increment(value)
-        for path, count in images.items():
-            if count > 0:
-                self.images[path].increment(count)
+        left_seconds, left_images = dict(seconds), dict(images)
+        try:
+            for stage, value in seconds.items():
+                if value > 0:
+                    self.seconds[stage].increment(value)
+                left_seconds.pop(stage)
+            for path, count in images.items():
+                if count > 0:
+                    self.images[path].increment(count)
+                left_images.pop(path)
+        except Exception:
+            self.clock.add(left_seconds, left_images)
+            raise
 
     def close(self) -> None:
+        """Stop the thread and publish the rest (a failure is logged: a model's finalize must go on)."""
         self._stop.set()
         self._thread.join()
-        self.publish()
+        self._publish_or_warn()

@@ -19,14 +19,16 @@ from typing import Iterator
 # - inspect (GPU target): each JPEG's header read, to route it and check the size limits before decoding;
 # - gpu_decode: nvJPEG decoding (torchvision waits for it, so this is the decoding itself);
 # - gpu_resize: the GPU resize, crop and normalization queued (weights for new sizes included);
-# - cpu_path: the exact CPU path. On the CPU target it is the whole transform; on the GPU target it runs
-#   beside the GPU work, and this is only what the batch still waited for it afterwards;
-# - assemble: the pixels of both paths put in input order, in the model's dtype, on its device;
+# - cpu_path: the exact CPU path. On the CPU target it is the whole transform. On the GPU target it runs
+#   beside the GPU work, so this is what the batch still waited for it afterwards, plus the exact path of the
+#   JPEGs nvJPEG refused (known only after decoding, so run after the GPU work);
+# - assemble: the pixels of both paths put in input order, in the model's dtype, on its device (the CPU
+#   path's are queued behind the GPU work without waiting for it);
 # - gpu_wait: waiting for the GPU to finish the batch's queued work before Triton takes the pixels;
 # - respond: one response per request.
 STAGES = ("read_inputs", "inspect", "gpu_decode", "gpu_resize", "cpu_path", "assemble", "gpu_wait", "respond")
 CPU_TARGET_STAGES = ("read_inputs", "cpu_path", "respond")
-# gpu: decoded and resized on the GPU; cpu: the exact CPU path; refused: answered with an error.
+# gpu: decoded and resized on the GPU; cpu: the exact CPU path; refused: bad input, answered with its reason.
 PATHS = ("gpu", "cpu", "refused")
 CPU_TARGET_PATHS = ("cpu", "refused")
 
@@ -53,6 +55,14 @@ class StageClock:
             elapsed = time.perf_counter() - started
             with self._lock:
                 self._seconds[name] += elapsed
+
+    def add(self, seconds: dict[str, float], images: dict[str, int]) -> None:
+        """Put totals back (a publisher's that could not be published), to go out with the next ones."""
+        with self._lock:
+            for stage, value in seconds.items():
+                self._seconds[stage] += value
+            for path, count in images.items():
+                self._images[path] += count
 
     def count(self, path: str, images: int) -> None:
         if path not in self._images:

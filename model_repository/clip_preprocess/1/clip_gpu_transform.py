@@ -34,7 +34,7 @@ import torch
 
 from clip_mixed_resize import DEFAULT_MAX_PIXELS as DEFAULT_MIXED_RESIZE_MAX_PIXELS
 from clip_mixed_resize import resize_crop_mixed, takes
-from clip_pillow_resize import FILTERS, resize_crop, weights_cached
+from clip_pillow_resize import FILTERS, resize_crop, to_device, weights_cached
 from clip_stage_clock import StageClock
 from clip_transform import (DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, OPENAI_PREPROCESSING, ImageRejected,
                             MapImages, Preprocessing, check_declared_size, preprocess_batch, resize_plan)
@@ -195,9 +195,8 @@ class BatchPreprocessor:
                 good = [i for position, i in enumerate(indices) if position not in refusals]
                 errors.update({indices[position]: reason for position, reason in refusals.items()})
                 clock.count("cpu", len(good))
-                if good:
-                    values = torch.from_numpy(values).to(self.device, non_blocking=False)
-                    pixels.update(zip(good, values))
+                if good:  # queued behind the GPU work without waiting for it (gpu_wait shows that wait)
+                    pixels.update(zip(good, to_device(values, self.device)))
             clock.count("refused", len(errors))
             order = sorted(pixels)
             if not order:
