@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from .preprocess_table import preprocess_stages_table
+
 # Issue 15's targets for one H200, one run.
 TARGET_SMALL_IMAGES_PER_S = 10_000
 TARGET_SMALL_OVER_OPENAI_B64 = 150
@@ -184,7 +186,7 @@ def markdown(results: dict) -> str:
                          f"{cells[0]} | {cells[1]} |")
             if level.get("first_error"):
                 lines.append(f"|  | first error: `{level['first_error'][:150]}` | | | | | | |")
-        lines += _preprocess_stages(levels)
+        lines += preprocess_stages_table(levels, _level_name)
     if server.get("gpu_memory_mib"):
         held = server["gpu_memory_mib"]
         lines += ["", "## GPU memory held after the sweeps", "",
@@ -209,27 +211,6 @@ def _transform_stages(decoding: dict) -> list[str]:
              "another):", "", "| measured | " + " | ".join(stages) + " |", "|---|" + "---|" * len(stages)]
     for key, value in measured.items():
         lines.append(f"| {key} | " + " | ".join(f"{value['ms_per_image'].get(stage, 0):.3f}" for stage in stages) + " |")
-    return lines
-
-
-def _preprocess_stages(levels: list[dict]) -> list[str]:
-    """clip_preprocess's own metrics per level (clip_stage_clock.py): each stage's instance time per image, and
-    the images by path. Runs from before the metrics existed have none: nothing is rendered."""
-    measured = [(level, level.get("preprocess_stages")) for level in levels]
-    measured = [(level, stages) for level, stages in measured if stages and stages.get("ms_per_image")]
-    if not measured:
-        return []
-    stages = list(dict.fromkeys(stage for _, seen in measured for stage in seen["ms_per_image"]))
-    lines = ["", "Where clip_preprocess's time goes (its own metrics: milliseconds per image in each stage, summed "
-             "over instances, so the wall time per image is about this divided by the busy instances; images by "
-             "path as gpu / cpu / refused):", "",
-             "| level | " + " | ".join(stages) + " | images gpu / cpu / refused |",
-             "|---|" + "---|" * (len(stages) + 1)]
-    for level, seen in measured:
-        images = seen.get("images", {})
-        lines.append(f"| {_level_name(level)} | " + " | ".join(f"{seen['ms_per_image'].get(stage, 0):.3f}"
-                                                              for stage in stages) +
-                     f" | {images.get('gpu', 0):,} / {images.get('cpu', 0):,} / {images.get('refused', 0):,} |")
     return lines
 
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from . import plots
+from .preprocess_table import preprocess_stages_table
 
 STAGES = ("clip_preprocess", "clip_visual")
 
@@ -189,6 +190,7 @@ def _breakdown_section(results: dict) -> list[str]:
                 lines.append(f"| {level['concurrency']} | {model} | {s['requests']} | {s['avg_batch_size']:.2f} "
                              f"| {s['queue_ms']:.1f} | {s['compute_input_ms']:.1f} | {s['compute_infer_ms']:.1f} "
                              f"| {s['compute_output_ms']:.1f} | {s['request_ms']:.1f} |")
+        lines += preprocess_stages_table(sweep, lambda level: f"c={level['concurrency']}")
         lines.append("")
     return lines
 

@@ -40,6 +40,7 @@ def test_bench_smoke_run_writes_a_complete_report(tmp_path: Path) -> None:
             assert level["images_per_s"] > 0
             assert (level["images_per_request"], level["processes"]) == (1, 1)  # today's levels: one image, one loop
             assert level["requests_per_s"] == pytest.approx(level["images_per_s"], abs=1e-3)
+            assert set(level["preprocess_stages"]) == {"images", "ms_per_image"}  # read at both ends of the window
             for stage in ("clip_preprocess", "clip_visual"):
                 stats = level["server_stats"][stage]
                 assert stats["executions"] > 0 and stats["avg_batch_size"] >= 1.0, (name, stage, stats)
@@ -105,3 +106,16 @@ def test_client_overhead_reports_client_and_server_time_per_image(vit_server, tm
     assert result["server_cpu_ms_per_image"] is None  # an external server: no process group to read
     assert "logical CPUs" in result["machine"]
     assert "**client CPU per image:" in (tmp_path / "client_overhead.md").read_text()
+
+
+def test_the_cpu_report_shows_the_preprocessing_stages_under_each_workloads_breakdown() -> None:
+    from bench import report
+
+    stats = {"requests": 10, "avg_batch_size": 1.0, "queue_ms": 0.1, "compute_input_ms": 0.1,
+             "compute_infer_ms": 5.0, "compute_output_ms": 0.1, "request_ms": 5.3}
+    level = {"concurrency": 4, "server_stats": {"clip_preprocess": stats},
+             "preprocess_stages": {"images": {"cpu": 40, "refused": 0},
+                                   "ms_per_image": {"read_inputs": 0.01, "cpu_path": 6.5, "respond": 0.05}}}
+    lines = report._breakdown_section({"server": {"sweeps": {"small": [level]}}})
+    assert "| level | read_inputs | cpu_path | respond | images cpu / refused |" in lines
+    assert "| c=4 | 0.010 | 6.500 | 0.050 | 40 / 0 |" in lines
