@@ -244,3 +244,25 @@ def test_the_clock_counts_each_images_path_and_times_each_stage(gpu_transform) -
     assert seconds["gpu_decode"] >= 1.0
     assert all(0 < seconds[stage] < 1.0 for stage in ("inspect", "gpu_resize", "cpu_path", "assemble")), seconds
     assert seconds["read_inputs"] == seconds["gpu_wait"] == seconds["respond"] == 0.0, "the model's own stages"
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_a_pass_reads_only_the_inputs_its_kept_outputs_weigh(pillow_resize, interpolation: str) -> None:
+    """input_window (host arithmetic) holds every window fixed_weights gives (device arithmetic), with one input
+    to spare each way and no more; a center crop of 224 of 298 outputs reads about three quarters of the row."""
+    generator = np.random.default_rng(3)
+    cases = [(640, 298, 37, 224), (4032, 298, 37, 224), (224, 500, 138, 224), (7, 300, 38, 224), (300, 1, 0, 1)]
+    cases += [(int(n), int(m), int(f), int(c)) for n, m, f, c in
+              ((n, m, f, c) for n, m in generator.integers(1, 3000, size=(200, 2))
+               for c in [min(224, m)] for f in [(m - c) // 2])]
+    for in_size, out_size, first, count in cases:
+        start, width, _ = pillow_resize.fixed_weights(np.array([in_size]), np.array([out_size]), np.array([first]),
+                                                      count, interpolation)
+        windows = (int(start.min()), int((start + width).max()))
+        low, high = pillow_resize.input_window(in_size, out_size, first, count, interpolation)
+        assert (low, high) == (max(0, windows[0] - 1), min(in_size, windows[1] + 1)), (in_size, out_size, first)
+    low, high = pillow_resize.input_window(4032, 298, 37, 224, "bicubic")
+    assert 0.74 < (high - low) / 4032 < 0.78
+    pillow_resize.forget_weights()
+    matrix = pillow_resize.pass_matrix(4032, 298, 37, 224, "bicubic", torch.device("cpu"))
+    assert (matrix.first_input, matrix.in_size) == (low, high - low) and matrix.matrix.shape[0] == high - low

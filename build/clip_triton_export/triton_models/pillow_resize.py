@@ -15,10 +15,11 @@ the product is computed exactly, so every output value is Pillow's own:
   adding back 128 x the column sums of the weights;
 - elsewhere in float64, where every product and sum of these integers is exact (all below 2**53).
 
-Only the outputs that survive the center crop are computed (a pass works on each row or column alone), and a
-dimension whose size does not change is not resampled (Pillow skips that pass; torchvision's Resize leaves
-an image of the right size untouched). Pillow 13 runs the vertical pass first when the height shrinks by
-more than twice as many pixels as the width; the installed Pillow's rule is followed.
+Only the outputs that survive the center crop are computed (a pass works on each row or column alone), from
+only the inputs they weigh (`input_window`), and a dimension whose size does not change is not resampled
+(Pillow skips that pass; torchvision's Resize leaves an image of the right size untouched). Pillow 13 runs
+the vertical pass first when the height shrinks by more than twice as many pixels as the width; the installed
+Pillow's rule is followed.
 """
 from __future__ import annotations
 
@@ -132,11 +133,13 @@ def base_256_digits(weights: torch.Tensor) -> list[torch.Tensor]:
 class PassMatrix:
     """One pass's weights, ready for exact products on the device they are on (`method`: "int8" or "float64";
     default int8 on CUDA, float64 elsewhere): output i weighs inputs start[i] .. start[i] + taps with
-    fixed[i] (int64 [count, taps], zero beyond its window), for inputs of `in_size` values."""
+    fixed[i] (int64 [count, taps], zero beyond its window), for inputs of `in_size` values, which are the
+    values first_input .. first_input + in_size of what `sums` is given (a center crop needs only those)."""
 
-    def __init__(self, start: torch.Tensor, fixed: torch.Tensor, in_size: int, method: str | None = None):
+    def __init__(self, start: torch.Tensor, fixed: torch.Tensor, in_size: int, method: str | None = None,
+                 first_input: int = 0):
         self.count, taps = fixed.shape
-        self.in_size = in_size
+        self.in_size, self.first_input = in_size, first_input
         device = fixed.device
         self.method = method or exact_method(device)[0]
         column = tap_columns(start, taps, in_size)  # in_size: a spare column, dropped below
@@ -168,7 +171,9 @@ class PassMatrix:
         return self.matrix.numel() * self.matrix.element_size()
 
     def sums(self, values: torch.Tensor) -> torch.Tensor:
-        """uint8 [..., in_size] -> int64 [..., count]: sum of value x weight for each output, exactly."""
+        """uint8 [..., first_input + in_size or more] -> int64 [..., count]: sum of value x weight for each
+        output, exactly."""
+        values = values[..., self.first_input:self.first_input + self.in_size]
         lead = values.shape[:-1]
         rows = math.prod(lead)
         if self.method == "float64":  # in slices: a float64 copy of a whole batch would be 8x its bytes
@@ -255,10 +260,27 @@ def pass_matrix(in_size: int, out_size: int, first: int, count: int, interpolati
         return _matrices[key]
     start, _, fixed = fixed_weights(np.array([in_size]), np.array([out_size]), np.array([first]), count,
                                     interpolation, device)
-    matrix = _matrices[key] = PassMatrix(start[0], fixed[0], in_size, method)
+    low, high = input_window(in_size, out_size, first, count, interpolation)
+    matrix = _matrices[key] = PassMatrix(start[0] - low, fixed[0], high - low, method, first_input=low)
     while sum(held.nbytes for held in _matrices.values()) > _CACHE_BYTES and len(_matrices) > 1:
         _matrices.popitem(last=False)
     return matrix
+
+
+def input_window(in_size: int, out_size: int, first: int, count: int, interpolation: str) -> tuple[int, int]:
+    """(low, high): the inputs that outputs first .. first + count weigh, low included, high not. Where a
+    center crop keeps 224 of 298 outputs, that is about three quarters of the inputs, and the products shrink
+    alike. Computed on the host by fixed_weights' own float64 steps for the first and last output (windows
+    only move forward), then widened by one input each way: a margin that costs nothing, since the inputs
+    outside the windows weigh zero."""
+    _, filter_support = FILTERS[interpolation]
+    scale = float(np.float32(in_size)) / out_size
+    support = filter_support * max(scale, 1.0)
+    first_center = 0.0 + (first + 0.5) * scale
+    last_center = 0.0 + (first + count - 1 + 0.5) * scale
+    low = max(0, math.trunc(first_center - support + 0.5))
+    high = min(math.trunc(last_center + support + 0.5), in_size)
+    return max(0, low - 1), min(in_size, high + 1)
 
 
 def _resample_last_axis(values: torch.Tensor, matrix: PassMatrix) -> torch.Tensor:
