@@ -49,4 +49,10 @@ echo "bench-gpu ($PHASE) exit $CODE at $(( $(date +%s) - T0 )) s"
 [ -f bench/report/gpu/results.json ] && python3 -m bench.gpu_report bench/report/gpu/results.json
 cp bench/report/gpu/results.json bench/report/gpu/report.md bench/report/gpu/throughput.png "$OUT/" 2>/dev/null
 grep -E "^E|error|Error|CUDA graphs" bench_out/gpu/tritonserver.log 2>/dev/null | tail -30 > "$OUT/tritonserver-notes.log"
+if [ -f bench/report/gpu/report.md ]; then  # the figures read first, in the call's output too
+  echo "----- report: headline and where clip_preprocess's time goes -----"
+  sed -n '/^## Headline/,/^## Decoding alone/p' bench/report/gpu/report.md | head -40
+  grep -A14 -E "^(Where clip_preprocess's time goes|The whole GPU transform alone, by stage)" \
+    bench/report/gpu/report.md | head -90
+fi
 exit $STATUS
