@@ -67,6 +67,16 @@ def to_device(values: np.ndarray, device: torch.device) -> torch.Tensor:
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
+def scale_and_support(in_sizes: np.ndarray, out_sizes: np.ndarray, interpolation: str,
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pillow's per-resize values on the host, float64: (scale, filter scale, support), as precompute_coeffs
+    computes them (the input size through float first: Pillow's box is given in float)."""
+    in_sizes, out_sizes = np.asarray(in_sizes, np.int64), np.asarray(out_sizes, np.int64)
+    scale = in_sizes.astype(np.float32).astype(np.float64) / out_sizes  # (double)(in1 - in0) / outSize
+    filterscale = np.maximum(scale, 1.0)
+    return scale, filterscale, FILTERS[interpolation][1] * filterscale
+
+
 def fixed_weights(in_sizes: np.ndarray, out_sizes: np.ndarray, firsts: np.ndarray, count: int,
                   interpolation: str = "bicubic", device: torch.device = torch.device("cpu"),
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -77,11 +87,9 @@ def fixed_weights(in_sizes: np.ndarray, out_sizes: np.ndarray, firsts: np.ndarra
     order (IEEE-rounded alike on any device), and each window's sum is taken tap by tap, as Pillow's loop
     does: the weights are Pillow's whatever n and the device. Where a size does not change, they are the
     identity (a weight of exactly 1 at input first + j), what Pillow's skipping that pass gives."""
-    kernel, filter_support = FILTERS[interpolation]
-    in_sizes, out_sizes = np.asarray(in_sizes, np.int64), np.asarray(out_sizes, np.int64)
-    scale = in_sizes.astype(np.float32).astype(np.float64) / out_sizes  # (double)(in1 - in0) / outSize, the box in float
-    filterscale = np.maximum(scale, 1.0)
-    support = filter_support * filterscale
+    kernel, _ = FILTERS[interpolation]
+    in_sizes = np.asarray(in_sizes, np.int64)
+    scale, filterscale, support = scale_and_support(in_sizes, out_sizes, interpolation)
     ksize = int(np.ceil(support).max()) * 2 + 1 if len(in_sizes) else 1
     # One copy for every per-resize value (the integers are exact in float64), each a column [n, 1].
     table = to_device(np.stack([scale, support, 1.0 / filterscale, np.asarray(firsts, np.float64),
@@ -273,9 +281,7 @@ def input_window(in_size: int, out_size: int, first: int, count: int, interpolat
     alike. Computed on the host by fixed_weights' own float64 steps for the first and last output (windows
     only move forward), then widened by one input each way: a margin that costs nothing, since the inputs
     outside the windows weigh zero."""
-    _, filter_support = FILTERS[interpolation]
-    scale = float(np.float32(in_size)) / out_size
-    support = filter_support * max(scale, 1.0)
+    (scale,), _, (support,) = scale_and_support(np.array([in_size]), np.array([out_size]), interpolation)
     first_center = 0.0 + (first + 0.5) * scale
     last_center = 0.0 + (first + count - 1 + 0.5) * scale
     low = max(0, math.trunc(first_center - support + 0.5))
