@@ -276,7 +276,8 @@ def run_level(url: str, images: Sequence[bytes], concurrency: int, warmup_s: flo
               images_per_request: int = 1, processes: int = 1, model: str = contract.ENSEMBLE_MODEL,
               timeout_s: float = 300.0, max_window_factor: float = 10.0, metrics_url: str | None = None) -> dict:
     """One level, in this process's event loop (processes=1) or spread over processes (never more than clients).
-    With `metrics_url` (Triton's metrics page), the server's breakdown includes clip_preprocess's stages."""
+    With `metrics_url` (Triton's metrics page), the level's `preprocess_stages` holds clip_preprocess's own
+    stages and paths over the window (else None)."""
     level = Level(concurrency, images_per_request, max(1, min(processes, concurrency)))
     if level.processes == 1:
         return asyncio.run(closed_loop(url, images, concurrency, warmup_s, seconds, model, timeout_s,

@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -17,6 +18,7 @@ import pytest
 from clip_triton_serve import TritonServer, local_server
 from clip_triton_serve.procfs import orphaned_backend_stubs
 from clip_triton_export.pipeline import export_repository
+from measure import preprocess_stages
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -106,10 +108,6 @@ def vit_server(vit_repository: Path) -> Iterator[TritonServer]:
 def settled_preprocess_totals(metrics_url: str, timeout_s: float = 10.0) -> dict:
     """clip_preprocess's metrics once they have caught up with earlier requests: the same in two readings taken
     more than one publishing interval (0.5 s) apart."""
-    import time
-
-    from measure import preprocess_stages
-
     deadline = time.monotonic() + timeout_s
     last = preprocess_stages.read(metrics_url)
     while True:
@@ -124,10 +122,6 @@ def settled_preprocess_totals(metrics_url: str, timeout_s: float = 10.0) -> dict
 def preprocess_window(metrics_url: str, before: dict, images: int, timeout_s: float = 10.0) -> dict:
     """clip_preprocess's metrics since `before` (measure.preprocess_stages), once `images` more were counted: the
     models publish every 0.5 s, so this waits for them (and fails if more or fewer than `images` arrive)."""
-    import time
-
-    from measure import preprocess_stages
-
     deadline = time.monotonic() + timeout_s
     while True:
         seen = preprocess_stages.window(before, preprocess_stages.read(metrics_url))

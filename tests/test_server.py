@@ -146,7 +146,6 @@ def test_full_size_architectures_serve_what_eager_torch_computes(arch: str, tmp_
 def test_preprocessing_metrics_count_served_and_refused_images(vit_server) -> None:
     """The CPU target's clip_preprocess publishes the same counters with its own stages: every image takes the
     exact CPU path or is refused."""
-
     before = settled_preprocess_totals(vit_server.metrics_url)
     assert set(before["seconds"]) == {"read_inputs", "cpu_path", "respond"} and set(before["images"]) == {"cpu", "refused"}
     infer(vit_server.grpc_url, [image_bytes(name) for name in IMAGE_NAMES])
