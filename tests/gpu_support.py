@@ -1,5 +1,5 @@
 """Helpers for the GPU target's tests: its shipped model modules loaded as Triton loads them, JPEG variants of
-the shared photos, and the GPU repository served on whatever device this machine has."""
+the shared photos, and our gauges read from Triton's metrics port."""
 from __future__ import annotations
 
 import importlib.util
@@ -10,9 +10,7 @@ import urllib.request
 from pathlib import Path
 from types import ModuleType
 
-from google.protobuf import text_format
 from PIL import Image
-from tritonclient.grpc import model_config_pb2 as pb
 
 from clip_triton import contract
 from clip_triton_export.architectures import named_architecture
@@ -73,18 +71,6 @@ def jpeg_photos(quality: int = 90) -> dict[str, bytes]:
     with Image.open(io.BytesIO(image_bytes("chelsea.png"))) as cat:
         photos["chelsea-progressive.jpg"] = jpeg(cat.convert("RGB"), quality=quality, progressive=True)
     return photos
-
-
-def on_cpu_instances(repository: Path) -> Path:
-    """Run a GPU-target repository's models on KIND_CPU instances: the same model code, on a machine
-    without a GPU (the code then takes torch's CPU device and Pillow stands in for nvJPEG)."""
-    for model in (contract.PREPROCESS_MODEL, contract.VISUAL_MODEL):
-        path = repository / model / "config.pbtxt"
-        config = text_format.Parse(path.read_text(), pb.ModelConfig())
-        for group in config.instance_group:
-            group.kind = pb.ModelInstanceGroup.KIND_CPU
-        path.write_text(text_format.MessageToString(config))
-    return repository
 
 
 def model_gauge(metrics_url: str, name: str, model: str) -> list[float]:

@@ -13,9 +13,10 @@ from tritonclient.grpc import model_config_pb2 as pb
 from clip_triton import ClipClient, InvalidImageError, contract
 from clip_triton.transform import preprocess
 from clip_triton_export.pipeline import export_repository
+from clip_triton_export.repository import on_cpu_instances
 from conftest import (IMAGE_NAMES, assert_features_match, golden_checkpoint, golden_features, image_bytes,
                       preprocess_window, running_server, settled_preprocess_totals)
-from gpu_support import jpeg_photos, model_gauge, on_cpu_instances
+from gpu_support import jpeg_photos, model_gauge
 
 pytestmark = pytest.mark.server
 

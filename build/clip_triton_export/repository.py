@@ -276,6 +276,19 @@ def render_config(config: pb.ModelConfig) -> bytes:
     return HEADER + text_format.MessageToString(config).encode()
 
 
+def on_cpu_instances(repository: Path) -> Path:
+    """Switch a written GPU-target repository's models to KIND_CPU instances: the same model code on a machine
+    without a GPU (it then takes torch's CPU device, and Pillow stands in for nvJPEG). For the tests and
+    `bench-gpu --rehearse-on-cpu`, which check on the CPU the code a GPU host runs."""
+    for model in (contract.PREPROCESS_MODEL, contract.VISUAL_MODEL):
+        path = repository / model / "config.pbtxt"
+        config = text_format.Parse(path.read_text(), pb.ModelConfig())
+        for group in config.instance_group:
+            group.kind = pb.ModelInstanceGroup.KIND_CPU
+        path.write_text(text_format.MessageToString(config))
+    return repository
+
+
 def render_repository(spec: VisualSpec, options: RepositoryOptions) -> dict[str, bytes]:
     """Every file of the repository except the model artifact, as relative path -> content."""
     files = {f"{name}/config.pbtxt": render_config(config) for name, config in model_configs(spec, options).items()}
