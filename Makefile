@@ -10,7 +10,7 @@ DEMO_IMAGES ?= $(if $(wildcard $(SHARED)/images),$(SHARED)/images,build/clip_tri
 CHECKPOINT ?=
 PYTEST_ARGS ?=
 
-.PHONY: install install-gpu demo test test-gpu repository loadtest bench bench-gpu soak overload-report clean
+.PHONY: install install-gpu demo test test-gpu repository loadtest bench bench-gpu bench-gpu-rehearsal soak overload-report clean
 
 install: $(VENV)/.installed
 
@@ -83,6 +83,14 @@ bench: install
 BENCH_GPU_ARGS ?=
 bench-gpu:
 	$(PY) -m bench.gpu --report-dir bench/report/gpu --images $(DEMO_IMAGES) --fidelity $(GPU_FIDELITY) $(BENCH_GPU_ARGS)
+
+# The same benchmark code on this machine's CPU, small (bench_out/gpu-rehearsal/): checks it before a GPU
+# host's time is spent. Its figures are not GPU figures. CI runs it too (test_bench_gpu_rehearsal). With the
+# tiny golden checkpoint a few minutes; without ../shared, random-init ViT-B/32 in fp16 on a CPU (far slower).
+REHEARSAL_CHECKPOINT ?= $(wildcard $(SHARED)/golden/tiny-vit-b32.pt)
+bench-gpu-rehearsal: install
+	$(BIN)/python -m bench.gpu --rehearse-on-cpu --images $(DEMO_IMAGES) \
+		$(if $(REHEARSAL_CHECKPOINT),--checkpoint $(REHEARSAL_CHECKPOINT)) $(BENCH_GPU_ARGS)
 
 clean:
 	rm -rf $(VENV) demo_repository .pytest_cache out bench_out

@@ -10,6 +10,11 @@ measured both ways: mixed sizes together, and size by size), with Triton's per-m
 check against eager fp32. Writes results.json, report.md and PNG plots. Every stage
 runs even if an earlier one failed (its error is recorded), and results.json is rewritten after each, so a
 cut-short run still leaves what it measured. Without a CUDA GPU it says so and exits 0.
+
+`--rehearse-on-cpu` runs every stage on this machine's CPU instead (torch's CPU device, the repository's
+instances switched to KIND_CPU, small batches and a smaller many-sizes set), into bench_out/gpu-rehearsal:
+a GPU host's time is short, so the benchmark's own code is checked before it gets there. Its figures are not
+GPU figures, and its report says so.
 """
 from __future__ import annotations
 
@@ -46,6 +51,19 @@ VARIANTS = {  # --variants name: (overrides of the GPU target's defaults, levels
                         {"small": "1x1,64x1:4," + HIGH_LEVELS["small"]}),
 }
 CHECKED_VARIED_IMAGES = 128  # the feature check's share of the 1,024 (the exact transform runs on the CPU)
+# In process: decoding batches and the model alone's batches on a GPU, and when rehearsing on the CPU (where a
+# 64-image batch of 12 MP photos takes minutes). The rehearsal's many-sizes set is smaller too.
+BATCHES = {"small": 256, "varied": 256, "phone": 64}
+MODEL_BATCHES = (256, 1024)
+REHEARSAL_BATCHES, REHEARSAL_MODEL_BATCHES = {"small": 8, "varied": 8, "phone": 2}, (8, 16)
+REHEARSAL_VARIED_COUNT = 64
+REHEARSAL_DIR = ROOT / "bench_out" / "gpu-rehearsal"
+# What a GPU run and a rehearsal take where the command line says nothing: a rehearsal's levels are a few
+# requests (a 32 x 64-image level takes minutes on a small CPU), and it spawns two decoding processes.
+DEFAULTS = {"seconds": 4.0, "warmup": 2.0, "small_levels": SMALL_LEVELS, "phone_levels": PHONE_LEVELS,
+            "varied_levels": VARIED_LEVELS, "nvjpeg_processes": "2,4,8"}
+REHEARSAL_DEFAULTS = {"seconds": 0.3, "warmup": 0.2, "small_levels": "1x1,4x2:2", "phone_levels": "1x1",
+                      "varied_levels": "2x4", "nvjpeg_processes": "2"}
 
 
 def say(message: str) -> None:
@@ -70,25 +88,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source.add_argument("--random-init", default="ViT-B/32")
     parser.add_argument("--repository", type=Path, help="serve this exported GPU repository instead of exporting one")
     parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="folder of small photos")
-    parser.add_argument("--seconds", type=float, default=4.0, help="measurement time per point")
-    parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per server level")
-    parser.add_argument("--small-levels", default=SMALL_LEVELS, help=f"server levels, small JPEGs ({SMALL_LEVELS})")
-    parser.add_argument("--phone-levels", default=PHONE_LEVELS, help=f"server levels, 12 MP JPEGs ({PHONE_LEVELS})")
-    parser.add_argument("--varied-levels", default=VARIED_LEVELS,
-                        help=f"server levels, small JPEGs of many sizes ({VARIED_LEVELS})")
+    parser.add_argument("--seconds", type=float, help="measurement time per point (4; rehearsing: 0.3)")
+    parser.add_argument("--warmup", type=float, help="warm-up seconds per server level (2; rehearsing: 0.2)")
+    parser.add_argument("--small-levels", help=f"server levels, small JPEGs ({SMALL_LEVELS})")
+    parser.add_argument("--phone-levels", help=f"server levels, 12 MP JPEGs ({PHONE_LEVELS})")
+    parser.add_argument("--varied-levels", help=f"server levels, small JPEGs of many sizes ({VARIED_LEVELS})")
     parser.add_argument("--no-variants", action="store_true", help="measure the defaults only")
     parser.add_argument("--variants-only", action="store_true",
                         help="only the variants, added to the results.json of an earlier run in --report-dir "
                              "(same --work-dir): the defaults' figures one run, the variants another")
-    parser.add_argument("--nvjpeg-processes", default="2,4,8",
-                        help="nvJPEG alone in this many processes at once, comma list (2,4,8; empty: none)")
+    parser.add_argument("--nvjpeg-processes",
+                        help="nvJPEG alone in this many processes at once, comma list (2,4,8; rehearsing: 2; "
+                             "empty: none)")
     parser.add_argument("--no-libjpeg", action="store_true", help="skip libjpeg decoding alone")
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help=f"comma list of the settings to compare with the defaults ({', '.join(VARIANTS)})")
     parser.add_argument("--fidelity", type=Path, help="JSON written by `make test-gpu` (CLIP_TRITON_GPU_FIDELITY)")
-    parser.add_argument("--work-dir", type=Path, default=ROOT / "bench_out" / "gpu")
-    parser.add_argument("--report-dir", type=Path, default=ROOT / "bench" / "report" / "gpu")
+    parser.add_argument("--rehearse-on-cpu", action="store_true",
+                        help="run every stage on the CPU, small, to check this code before GPU time is spent "
+                             f"(default dirs under {REHEARSAL_DIR.relative_to(ROOT)}; not GPU figures)")
+    parser.add_argument("--work-dir", type=Path,
+                        help=f"exports, workloads and logs (bench_out/gpu; rehearsing: {REHEARSAL_DIR.name}/work)")
+    parser.add_argument("--report-dir", type=Path,
+                        help=f"results.json, report.md, plot (bench/report/gpu; rehearsing: {REHEARSAL_DIR.name}/report)")
     args = parser.parse_args(argv)
+    for name, value in (REHEARSAL_DEFAULTS if args.rehearse_on_cpu else DEFAULTS).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.rehearse_on_cpu and args.repository:  # the rehearsal rewrites the repository it serves to KIND_CPU
+        parser.error("--rehearse-on-cpu exports its own repository: leave out --repository")
+    if args.work_dir is None:
+        args.work_dir = REHEARSAL_DIR / "work" if args.rehearse_on_cpu else ROOT / "bench_out" / "gpu"
+    if args.report_dir is None:  # a rehearsal never writes over the GPU report
+        args.report_dir = REHEARSAL_DIR / "report" if args.rehearse_on_cpu else ROOT / "bench" / "report" / "gpu"
     args.variants = [part.strip() for part in args.variants.split(",") if part.strip()]
     unknown = [name for name in args.variants if name not in VARIANTS]
     if unknown:  # before any GPU time is spent
@@ -159,19 +191,36 @@ def main(argv: list[str] | None = None) -> int:
         import torch
     except ImportError:
         torch = None
-    if torch is None or not torch.cuda.is_available():
+    if torch is None and args.rehearse_on_cpu:
+        raise SystemExit("--rehearse-on-cpu runs the GPU code with torch on the CPU: install torch (make install)")
+    if not args.rehearse_on_cpu and (torch is None or not torch.cuda.is_available()):
         print("make bench-gpu: no CUDA GPU here (torch.cuda.is_available() is False): nothing measured. "
-              "Run it on a host with an NVIDIA GPU.")
+              "Run it on a host with an NVIDIA GPU, or check this code here with --rehearse-on-cpu.")
         return 0
     from clip_triton import contract
     from clip_triton.transform import preprocess
     from clip_triton_export.pipeline import export_repository, load_source
+    from clip_triton_export.repository import on_cpu_instances
     from clip_triton_serve import local_server, procfs
     from measure import images as workloads, loadgen, machine
 
     from . import gpu_inprocess, gpu_report
 
     run = Run.resumed(args.report_dir) if args.variants_only else Run(args.report_dir)
+    rehearsal = args.rehearse_on_cpu
+    if args.variants_only and bool(run.results.get("rehearsal")) != rehearsal:  # CPU and GPU figures never mix
+        raise SystemExit(f"--variants-only: {args.report_dir / 'results.json'} holds "
+                         f"{'a CPU rehearsal' if run.results.get('rehearsal') else 'a GPU run'}'s figures, and this "
+                         f"run {'rehearses on the CPU' if rehearsal else 'measures the GPU'}")
+    if rehearsal:
+        run.results["rehearsal"] = True
+    device = torch.device("cpu") if rehearsal else torch.device("cuda", 0)
+    batches = REHEARSAL_BATCHES if rehearsal else BATCHES
+
+    def as_served(repository: Path) -> Path:
+        """The repository as this run serves it: on the GPU, or its instances on the CPU when rehearsing."""
+        return on_cpu_instances(repository) if rehearsal else repository
+
     run.results["machine" if not args.variants_only else "variants_machine"] = machine.describe()
     run.results["settings" if not args.variants_only else "variants_settings"] = {
         key: str(value) for key, value in vars(args).items()}
@@ -179,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work_dir
     small = workloads.small_jpegs(args.images, work / "small-jpegs")
     phone = workloads.phone_photos(args.images, work / "phone-photos")
-    varied = workloads.varied_jpegs(args.images, work / "varied-jpegs")
+    varied = (workloads.varied_jpegs(args.images, work / "varied-jpegs", count=REHEARSAL_VARIED_COUNT) if rehearsal
+              else workloads.varied_jpegs(args.images, work / "varied-jpegs"))
     sets = {"small": small.blobs(), "phone": phone.blobs(), "varied": varied.blobs()}
     run.results["workloads"] = {"small": small.summary(), "phone": phone.summary(), "varied": varied.summary()}
     loaded = load_source(args.checkpoint, None if args.checkpoint else args.random_init)
@@ -188,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                             "random_weights": loaded.random_weights}
 
     def openai() -> dict:
-        model = gpu_inprocess.openai_model(loaded.model)
+        model = gpu_inprocess.openai_model(loaded.model, str(device))
         measured = {}
         for name, images in sets.items():
             if name == "varied":
@@ -198,10 +248,11 @@ def main(argv: list[str] | None = None) -> int:
                 # one-image warm-up, is enough
                 slow = name == "phone" and batch > 1
                 if slow:
-                    gpu_inprocess.openai_way(model, images[:1], size, 1, 0, min_steps=1, warmup_steps=0)
+                    gpu_inprocess.openai_way(model, images[:1], size, 1, 0, min_steps=1, warmup_steps=0,
+                                             device=str(device))
                 measured[f"{name}_b{batch}"] = gpu_inprocess.openai_way(
                     model, images, size, batch, 0 if slow else args.seconds, min_steps=1 if slow else 2,
-                    warmup_steps=0 if slow else 1)
+                    warmup_steps=0 if slow else 1, device=str(device))
                 say(f"  OpenAI's way, {name}, batch {batch}: {measured[f'{name}_b{batch}']['images_per_s']:.1f} images/s")
         del model
         torch.cuda.empty_cache()
@@ -217,14 +268,13 @@ def main(argv: list[str] | None = None) -> int:
     def decoding() -> dict:
         folder = repository / contract.PREPROCESS_MODEL / "1"
         gpu_transform = shipped_module(folder, "clip_gpu_transform")
-        preprocessor = gpu_transform.BatchPreprocessor(size, torch.device("cuda", 0), torch.float16)
-        per_size = gpu_transform.BatchPreprocessor(size, torch.device("cuda", 0), torch.float16,
-                                                     mixed_resize_max_pixels=0)
+        preprocessor = gpu_transform.BatchPreprocessor(size, device, torch.float16)
+        per_size = gpu_transform.BatchPreprocessor(size, device, torch.float16, mixed_resize_max_pixels=0)
         measured = {}
         forget_weights = sys.modules["clip_pillow_resize"].forget_weights  # one cache per process, shared
         for name, images in sets.items():
-            batch = 64 if name == "phone" else 256
-            measured[f"nvjpeg_{name}"] = gpu_inprocess.nvjpeg_alone(images, batch, args.seconds)
+            batch = batches[name]
+            measured[f"nvjpeg_{name}"] = gpu_inprocess.nvjpeg_alone(images, batch, args.seconds, str(device))
             forget_weights()  # each measurement starts as a fresh server would (its warm-up fills it)
             measured[f"transform_{name}"] = gpu_inprocess.gpu_transform_alone(preprocessor, images, batch, args.seconds)
             say(f"  {name}: nvJPEG alone {measured[f'nvjpeg_{name}']['images_per_s']:.0f} images/s, whole GPU "
@@ -240,9 +290,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, images in sets.items():
             if name == "varied":
                 continue  # decoding costs the same whatever the sizes: measured on the other two
-            batch = 64 if name == "phone" else 256
+            batch = batches[name]
             for processes in args.nvjpeg_processes:  # torchvision holds one nvJPEG decoder per process
-                scaled = gpu_inprocess.nvjpeg_in_processes(images, batch, processes, args.seconds)
+                scaled = gpu_inprocess.nvjpeg_in_processes(images, batch, processes, args.seconds, str(device))
                 measured[f"nvjpeg_{name}_{processes}_processes"] = scaled
                 say(f"  {name}: nvJPEG in {processes} processes at once: {scaled['images_per_s']:.0f} images/s")
             if not args.no_libjpeg:
@@ -260,13 +310,13 @@ def main(argv: list[str] | None = None) -> int:
             say(f"server ready on {served.grpc_url} (pid {served.pid}); log {log}")
             measured["command"] = served.options.command(Path("tritonserver"), Path("backends"))
             if check:
-                reference = loaded.model.float().eval().cuda()
+                reference = loaded.model.float().eval().to(device)
                 for name, images in sets.items():
                     images = images[:CHECKED_VARIED_IMAGES] if name == "varied" else images
                     features = loadgen.encode_all(served.grpc_url, images)
                     with torch.no_grad():
                         exact = reference(torch.from_numpy(np.stack([preprocess(data, size) for data in images]))
-                                          .cuda()).cpu().numpy()
+                                          .to(device)).cpu().numpy()
                     measured["check"][name] = float(cosine(features, exact).min())
                     say(f"  features vs eager fp32 on the exact transform, {name}: min cosine "
                         f"{measured['check'][name]:.6f}")
@@ -281,23 +331,35 @@ def main(argv: list[str] | None = None) -> int:
             say(f"  GPU memory held (MiB, nvidia-smi): {measured['gpu_memory_mib'] or 'not visible'}")
         return measured
 
+    run_levels = {"small": args.small_levels, "phone": args.phone_levels, "varied": args.varied_levels}
+
     def server() -> dict:
-        return serve_and_measure(repository, {"small": args.small_levels, "phone": args.phone_levels,
-                                              "varied": args.varied_levels}, check=True)
+        return serve_and_measure(as_served(repository), run_levels, check=True)
 
     def variants() -> dict:
         from clip_triton_export.repository import RepositoryOptions
 
-        measured = {}
+        # A later --variants-only call adds to the variants an earlier one measured (a GPU host's calls are
+        # short); each variant fails alone, so one that cannot start loses none of the others' figures.
+        measured = dict(run.results.get("variants") or {}) if args.variants_only else {}
         for name in args.variants:
             overrides, levels = VARIANTS[name]
+            if rehearsal:  # the workloads that tell the variant apart, at this run's (small) levels
+                levels = {workload: run_levels[workload] for workload in levels}
             folder = work / "variants" / name
-            export_repository(folder, RepositoryOptions(target="gpu", **overrides), configs_only=True,
-                              checkpoint=args.checkpoint, random_init=None if args.checkpoint else args.random_init)
-            (folder / artifact.relative_to(repository)).unlink(missing_ok=True)
-            (folder / artifact.relative_to(repository)).hardlink_to(artifact)
             say(f"variant: {name}")
-            measured[name] = {"options": overrides, **serve_and_measure(folder, levels, check=False)}
+            try:
+                export_repository(folder, RepositoryOptions(target="gpu", **overrides), configs_only=True,
+                                  checkpoint=args.checkpoint,
+                                  random_init=None if args.checkpoint else args.random_init)
+                (folder / artifact.relative_to(repository)).unlink(missing_ok=True)
+                (folder / artifact.relative_to(repository)).hardlink_to(artifact)
+                measured[name] = {"options": overrides, **serve_and_measure(as_served(folder), levels, check=False)}
+                run.results["errors"].pop(f"variant {name}", None)
+            except Exception as error:  # noqa: BLE001 - recorded, and the other variants still run
+                measured.pop(name, None)
+                run.results["errors"][f"variant {name}"] = f"{type(error).__name__}: {error}"
+                say(f"variant {name} FAILED: {error}\n{traceback.format_exc()}")
             run.results["variants"] = measured
             run.save()
         return measured
@@ -314,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         run.stage("openai_way", openai)
         repository, artifact = exported_model(run.stage("repository", export))
-        run.stage("model_alone", lambda: gpu_inprocess.model_alone(artifact, size, (256, 1024), args.seconds))
+        run.stage("model_alone", lambda: gpu_inprocess.model_alone(
+            artifact, size, REHEARSAL_MODEL_BATCHES if rehearsal else MODEL_BATCHES, args.seconds, str(device)))
         run.stage("decoding_alone", decoding)
         run.stage("server", server)
     if not args.no_variants:

@@ -8,6 +8,7 @@
 - The model alone: the exported fp16 TorchScript artifact on the GPU, pixels already there.
 - Decoding alone: nvJPEG through torchvision, and the whole GPU transform (decode, resize, crop, normalize).
 Every figure is images per second over at least `seconds` (GPU work synchronized before the clock stops).
+Each takes its torch device ("cuda" by default): `bench-gpu --rehearse-on-cpu` runs the same code on "cpu".
 """
 from __future__ import annotations
 
@@ -30,6 +31,12 @@ def _batches(images: Sequence[bytes], batch_size: int):
         yield [next(source) for _ in range(batch_size)]
 
 
+def _synchronize(device: str) -> None:
+    """Wait for the work queued on `device`: on the CPU there is none."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _timed(step: Callable[[], int], seconds: float, warmup_steps: int = 1, min_steps: int = 2) -> dict:
     def synchronized() -> int:
         handled = step()
@@ -49,20 +56,20 @@ def openai_transform(size: int):
                     Normalize(tuple(map(float, CLIP_MEAN)), tuple(map(float, CLIP_STD)))])
 
 
-def openai_model(fp32_model: torch.nn.Module) -> torch.nn.Module:
+def openai_model(fp32_model: torch.nn.Module, device: str = "cuda") -> torch.nn.Module:
     """The visual encoder as `clip.load(..., device="cuda")` holds it: fp16 weights, LayerNorm in fp32."""
-    return to_openai_fp16(fp32_model).cuda().eval()
+    return to_openai_fp16(fp32_model).to(device).eval()
 
 
 def openai_way(model: torch.nn.Module, images: Sequence[bytes], size: int, batch_size: int, seconds: float,
-               min_steps: int = 2, warmup_steps: int = 1) -> dict:
+               min_steps: int = 2, warmup_steps: int = 1, device: str = "cuda") -> dict:
     """Decode and transform each image with PIL and torchvision on the CPU, one process, then encode_image."""
     transform = openai_transform(size)
     batches = _batches(images, batch_size)
 
     def step() -> int:
         batch = next(batches)
-        pixels = torch.stack([transform(Image.open(io.BytesIO(data))) for data in batch]).cuda()
+        pixels = torch.stack([transform(Image.open(io.BytesIO(data))) for data in batch]).to(device)
         with torch.no_grad():
             model(pixels.half())
         return len(batch)
@@ -71,12 +78,12 @@ def openai_way(model: torch.nn.Module, images: Sequence[bytes], size: int, batch
     return {**result, "batch_size": batch_size}
 
 
-def model_alone(artifact: Path, size: int, batch_sizes: Sequence[int], seconds: float) -> dict:
+def model_alone(artifact: Path, size: int, batch_sizes: Sequence[int], seconds: float, device: str = "cuda") -> dict:
     """The exported fp16 TorchScript model on the GPU, fp16 pixels already on the GPU, per batch size."""
-    module = torch.jit.load(str(artifact), map_location="cuda").eval()
+    module = torch.jit.load(str(artifact), map_location=device).eval()
     by_batch = {}
     for batch_size in batch_sizes:
-        pixels = torch.randn(batch_size, 3, size, size, device="cuda").half()
+        pixels = torch.randn(batch_size, 3, size, size, device=device).half()
 
         def step(pixels: torch.Tensor = pixels) -> int:
             with torch.inference_mode():
@@ -87,7 +94,7 @@ def model_alone(artifact: Path, size: int, batch_sizes: Sequence[int], seconds: 
     return {"artifact": artifact.name, "by_batch": by_batch}
 
 
-def nvjpeg_alone(images: Sequence[bytes], batch_size: int, seconds: float) -> dict:
+def nvjpeg_alone(images: Sequence[bytes], batch_size: int, seconds: float, device: str = "cuda") -> dict:
     """torchvision's nvJPEG decoding of whole batches (its hardware decoder takes a batch's baseline JPEGs)."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
@@ -95,7 +102,7 @@ def nvjpeg_alone(images: Sequence[bytes], batch_size: int, seconds: float) -> di
 
     def step() -> int:
         batch = next(batches)
-        decode_jpeg(batch, mode=ImageReadMode.RGB, device="cuda")
+        decode_jpeg(batch, mode=ImageReadMode.RGB, device=device)
         return len(batch)
 
     return {**_timed(step, seconds), "batch_size": batch_size}
@@ -123,7 +130,7 @@ def gpu_transform_alone(preprocessor, images: Sequence[bytes], batch_size: int, 
             "ms_per_image": {stage: value * 1000 / measured["images"] for stage, value in seconds_by_stage.items()}}
 
 
-def _decode_worker(images: list[bytes], batch_size: int, seconds: float, start, results) -> None:
+def _decode_worker(images: list[bytes], batch_size: int, seconds: float, start, results, device: str) -> None:
     """One process decoding with nvJPEG from `start` (a shared barrier) for `seconds`; puts its images/s."""
     import time
 
@@ -131,24 +138,26 @@ def _decode_worker(images: list[bytes], batch_size: int, seconds: float, start, 
 
     encoded = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in images]
     batches = _batches(encoded, batch_size)
-    decode_jpeg(next(batches), mode=ImageReadMode.RGB, device="cuda")  # warm-up: handle, buffers
-    torch.cuda.synchronize()
+    decode_jpeg(next(batches), mode=ImageReadMode.RGB, device=device)  # warm-up: handle, buffers
+    _synchronize(device)
     start.wait()
     began, done = time.perf_counter(), 0
     while time.perf_counter() - began < seconds:
-        done += len(decode_jpeg(next(batches), mode=ImageReadMode.RGB, device="cuda"))
-        torch.cuda.synchronize()
+        done += len(decode_jpeg(next(batches), mode=ImageReadMode.RGB, device=device))
+        _synchronize(device)
     results.put(done / (time.perf_counter() - began))
 
 
-def nvjpeg_in_processes(images: Sequence[bytes], batch_size: int, processes: int, seconds: float) -> dict:
+def nvjpeg_in_processes(images: Sequence[bytes], batch_size: int, processes: int, seconds: float,
+                        device: str = "cuda") -> dict:
     """nvJPEG in `processes` processes at once (as Triton runs one per preprocessing instance): what the GPU's
     JPEG decoding does when several decoders share it. The sum of their images/s."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
     start, results = context.Barrier(processes), context.Queue()
-    workers = [context.Process(target=_decode_worker, args=(list(images), batch_size, seconds, start, results))
+    workers = [context.Process(target=_decode_worker, args=(list(images), batch_size, seconds, start, results,
+                                                                        device))
                for _ in range(processes)]
     for worker in workers:
         worker.start()

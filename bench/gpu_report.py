@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from .preprocess_table import preprocess_stages_table
+from .preprocess_table import in_pipeline_order, preprocess_stages_table
 
 # Issue 15's targets for one H200, one run.
 TARGET_SMALL_IMAGES_PER_S = 10_000
@@ -19,6 +19,7 @@ TARGET_SHARE_OF_A_CAPPING_UNIT = 0.85
 WORKLOADS = ("small", "phone")  # the headline's columns
 VARIED = "varied"  # small JPEGs of many sizes: where the GPU resize's two ways differ
 ALL_WORKLOADS = (*WORKLOADS, VARIED)
+REHEARSAL_VERDICT = "not judged: a rehearsal on the CPU"
 
 
 def _ips(measured: dict | None) -> float | None:
@@ -65,6 +66,8 @@ def headline(results: dict) -> dict:
     alone = (results.get("model_alone") or {}).get("by_batch", {})
     figures["model_alone_images_per_s"] = {batch: measured["images_per_s"] for batch, measured in alone.items()}
     figures["targets"] = _verdicts(figures)
+    if results.get("rehearsal"):  # CPU figures say nothing about the GPU targets
+        figures["targets"] = {name: REHEARSAL_VERDICT for name in figures["targets"]}
     return figures
 
 
@@ -103,13 +106,18 @@ def markdown(results: dict) -> str:
     machine = results.get("machine", {})
     gpu = machine.get("gpu") or {}
     device = (gpu.get("devices") or [{}])[0]
+    on_gpu = (f"on {gpu.get('count', '?')} × {device.get('name', '?')} ({device.get('memory_mib', '?')} MiB, driver "
+              f"{device.get('driver', '?')}, torch {gpu.get('torch', '?')}, CUDA {gpu.get('cuda', '?')}) with")
     lines = ["# GPU benchmark (`make bench-gpu`)", "",
-             f"Measured {machine.get('date_utc', '?')} on {gpu.get('count', '?')} × {device.get('name', '?')} "
-             f"({device.get('memory_mib', '?')} MiB, driver {device.get('driver', '?')}, torch {gpu.get('torch', '?')}, "
-             f"CUDA {gpu.get('cuda', '?')}) with {machine.get('usable_cpus', '?')} CPUs ({machine.get('cpu_model', '?')}); "
-             f"model: {results.get('model', {}).get('architecture', '?')} ({results.get('model', {}).get('source', '?')}), "
-             f"fp16, GPU target defaults.", "",
+             f"{'Rehearsed' if results.get('rehearsal') else 'Measured'} {machine.get('date_utc', '?')} "
+             f"{'on the CPU only:' if results.get('rehearsal') else on_gpu} {machine.get('usable_cpus', '?')} CPUs "
+             f"({machine.get('cpu_model', '?')}); model: {results.get('model', {}).get('architecture', '?')} "
+             f"({results.get('model', {}).get('source', '?')}), fp16, GPU target defaults.", "",
              "## Headline", "", "| target | verdict |", "|---|---|"]
+    if results.get("rehearsal"):
+        lines[1:1] = ["", "**A rehearsal on the CPU** (`--rehearse-on-cpu`): every stage ran the benchmark's own code "
+                      "with torch on the CPU, KIND_CPU instances and small batches, to find its mistakes before GPU time "
+                      "is spent. These figures are not GPU figures; quote none of them."]
     lines += [f"| {name} | {verdict} |" for name, verdict in head["targets"].items()]
     lines += ["", "| images/s | small JPEGs | 12 MP JPEGs |", "|---|---|---|"]
     rows = [("OpenAI's way, batch 1", "openai_b1_images_per_s"), ("OpenAI's way, batch 64", "openai_b64_images_per_s"),
@@ -195,8 +203,9 @@ def markdown(results: dict) -> str:
                   f"; {sum(held.values()):,} MiB in all."]
     if server.get("command"):
         lines += ["", "Server command line: `" + " ".join(server["command"]) + "`"]
-    lines += ["", "Reproduce: `make bench-gpu` on a GPU host (`python -m bench.gpu --help`); "
-              "`python -m bench.gpu_report bench/report/gpu/results.json` re-renders this page."]
+    lines += ["", "Reproduce: " + ("`make bench-gpu-rehearsal` on any machine" if results.get("rehearsal") else
+                                   "`make bench-gpu` on a GPU host") + " (`python -m bench.gpu --help`); "
+              "`python -m bench.gpu_report <its results.json>` re-renders this page."]
     return "\n".join(lines) + "\n"
 
 
@@ -205,7 +214,7 @@ def _transform_stages(decoding: dict) -> list[str]:
     measured = {key: value for key, value in decoding.items() if key.startswith("transform_") and value.get("ms_per_image")}
     if not measured:
         return []
-    stages = [stage for stage in dict.fromkeys(s for value in measured.values() for s in value["ms_per_image"])
+    stages = [stage for stage in in_pipeline_order(s for value in measured.values() for s in value["ms_per_image"])
               if stage not in ("read_inputs", "respond")]  # the model's own, not run in process
     lines = ["", "The whole GPU transform alone, by stage (milliseconds per image; one process, batches one after "
              "another):", "", "| measured | " + " | ".join(stages) + " |", "|---|" + "---|" * len(stages)]

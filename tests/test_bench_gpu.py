@@ -165,3 +165,16 @@ def test_the_transform_alone_runs_the_shipped_batch_code_and_reads_its_clock(tmp
     assert measured["paths"]["cpu"] == measured["paths"]["refused"] == 0
     assert all(measured["ms_per_image"][stage] > 0 for stage in ("inspect", "gpu_decode", "gpu_resize", "assemble"))
     assert measured["ms_per_image"]["gpu_wait"] == 0.0, "no GPU work on a CPU"
+
+
+def test_stage_tables_follow_the_batchs_order_whatever_order_the_metrics_came_in() -> None:
+    from bench.preprocess_table import in_pipeline_order
+
+    assert in_pipeline_order(["respond", "gpu_wait", "later_stage", "read_inputs", "gpu_decode", "respond"]) == [
+        "read_inputs", "gpu_decode", "gpu_wait", "respond", "later_stage"]
+    shuffled = {"images": {"refused": 0, "cpu": 1, "gpu": 63},
+                "ms_per_image": {"respond": 0.002, "gpu_decode": 0.21, "read_inputs": 0.01}}
+    page = gpu_report.markdown({"server": {"sweeps": {"small": [{**level(32, 64, 5400.0, 300.0),
+                                                                "preprocess_stages": shuffled}]}}})
+    assert "| level | read_inputs | gpu_decode | respond | images gpu / cpu / refused |" in page
+    assert "| 0.010 | 0.210 | 0.002 | 63 / 1 / 0 |" in page
