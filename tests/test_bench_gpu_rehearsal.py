@@ -17,7 +17,7 @@ pytest.importorskip("torchvision", reason="the rehearsal decodes with torchvisio
 pytestmark = pytest.mark.server
 
 def bench_gpu(work: Path, *arguments: str) -> subprocess.CompletedProcess:
-    """The rehearsal's own defaults (small levels and batches: about two minutes on a 2-core machine)."""
+    """The rehearsal's own defaults (small levels and batches: about three minutes on a 2-core machine)."""
     command = [sys.executable, "-m", "bench.gpu", "--rehearse-on-cpu", "--checkpoint",
                str(golden_checkpoint("tiny-vit-b32")), "--images", str(IMAGES), "--work-dir", str(work / "work"),
                "--report-dir", str(work / "report"), *arguments]
@@ -55,7 +55,9 @@ def test_every_stage_runs_and_reports_what_a_gpu_run_reports(rehearsed: Path) ->
         for level in levels:
             assert level["errors"] == 0 and level["images_per_s"] > 0, (name, level)
             images = level["preprocess_stages"]["images"]
-            assert images["gpu"] > 0 and images["cpu"] == 0, (name, images)
+            assert images["cpu"] == images["refused"] == 0, (name, images)
+        # each end of a window lags the work by up to the 0.5 s publishing interval: counted per workload
+        assert sum(level["preprocess_stages"]["images"]["gpu"] for level in levels) > 0, name
     variant = measured["variants"]["per-size-resize"]
     assert set(variant["sweeps"]) == {"small", "varied"} and variant["options"] == {"mixed_resize_max_pixels": 0}
 
