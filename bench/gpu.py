@@ -90,8 +90,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source.add_argument("--random-init", default="ViT-B/32")
     parser.add_argument("--repository", type=Path, help="serve this exported GPU repository instead of exporting one")
     parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="folder of small photos")
-    parser.add_argument("--seconds", type=float, help="measurement time per point (4; rehearsing: 1.5)")
-    parser.add_argument("--warmup", type=float, help="warm-up seconds per server level (2; rehearsing: 0.2)")
+    parser.add_argument("--seconds", type=float, help="measurement time per point "
+                        f"({DEFAULTS['seconds']}; rehearsing: {REHEARSAL_DEFAULTS['seconds']})")
+    parser.add_argument("--warmup", type=float, help="warm-up seconds per server level "
+                        f"({DEFAULTS['warmup']}; rehearsing: {REHEARSAL_DEFAULTS['warmup']})")
     parser.add_argument("--small-levels", help=f"server levels, small JPEGs ({SMALL_LEVELS})")
     parser.add_argument("--phone-levels", help=f"server levels, 12 MP JPEGs ({PHONE_LEVELS})")
     parser.add_argument("--varied-levels", help=f"server levels, small JPEGs of many sizes ({VARIED_LEVELS})")
@@ -100,7 +102,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="only the variants, added to the results.json of an earlier run in --report-dir "
                              "(same --work-dir): the defaults' figures one run, the variants another")
     parser.add_argument("--nvjpeg-processes",
-                        help="nvJPEG alone in this many processes at once, comma list (2,4,8; rehearsing: 2; "
+                        help="nvJPEG alone in this many processes at once, comma list "
+                             f"({DEFAULTS['nvjpeg_processes']}; rehearsing: {REHEARSAL_DEFAULTS['nvjpeg_processes']}; "
                              "empty: none)")
     parser.add_argument("--no-libjpeg", action="store_true", help="skip libjpeg decoding alone")
     parser.add_argument("--variants", default=",".join(VARIANTS),
@@ -216,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"run {'rehearses on the CPU' if rehearsal else 'measures the GPU'}")
     if rehearsal:
         run.results["rehearsal"] = True
-    device = torch.device("cpu") if rehearsal else torch.device("cuda", 0)
+    device = "cpu" if rehearsal else "cuda:0"  # torch's device name, as every helper and .to() take it
     batches = REHEARSAL_BATCHES if rehearsal else BATCHES
 
     def as_served(repository: Path) -> Path:
@@ -230,8 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work_dir
     small = workloads.small_jpegs(args.images, work / "small-jpegs")
     phone = workloads.phone_photos(args.images, work / "phone-photos")
-    varied = (workloads.varied_jpegs(args.images, work / "varied-jpegs", count=REHEARSAL_VARIED_COUNT) if rehearsal
-              else workloads.varied_jpegs(args.images, work / "varied-jpegs"))
+    varied = workloads.varied_jpegs(args.images, work / "varied-jpegs",
+                                    count=REHEARSAL_VARIED_COUNT if rehearsal else workloads.VARIED_COUNT)
     sets = {"small": small.blobs(), "phone": phone.blobs(), "varied": varied.blobs()}
     run.results["workloads"] = {"small": small.summary(), "phone": phone.summary(), "varied": varied.summary()}
     loaded = load_source(args.checkpoint, None if args.checkpoint else args.random_init)
@@ -240,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                             "random_weights": loaded.random_weights}
 
     def openai() -> dict:
-        model = gpu_inprocess.openai_model(loaded.model, str(device))
+        model = gpu_inprocess.openai_model(loaded.model, device)
         measured = {}
         for name, images in sets.items():
             if name == "varied":
@@ -251,10 +254,10 @@ def main(argv: list[str] | None = None) -> int:
                 slow = name == "phone" and batch > 1
                 if slow:
                     gpu_inprocess.openai_way(model, images[:1], size, 1, 0, min_steps=1, warmup_steps=0,
-                                             device=str(device))
+                                             device=device)
                 measured[f"{name}_b{batch}"] = gpu_inprocess.openai_way(
                     model, images, size, batch, 0 if slow else args.seconds, min_steps=1 if slow else 2,
-                    warmup_steps=0 if slow else 1, device=str(device))
+                    warmup_steps=0 if slow else 1, device=device)
                 say(f"  OpenAI's way, {name}, batch {batch}: {measured[f'{name}_b{batch}']['images_per_s']:.1f} images/s")
         del model
         torch.cuda.empty_cache()
@@ -270,13 +273,13 @@ def main(argv: list[str] | None = None) -> int:
     def decoding() -> dict:
         folder = repository / contract.PREPROCESS_MODEL / "1"
         gpu_transform = shipped_module(folder, "clip_gpu_transform")
-        preprocessor = gpu_transform.BatchPreprocessor(size, device, torch.float16)
-        per_size = gpu_transform.BatchPreprocessor(size, device, torch.float16, mixed_resize_max_pixels=0)
+        preprocessor = gpu_transform.BatchPreprocessor(size, torch.device(device), torch.float16)
+        per_size = gpu_transform.BatchPreprocessor(size, torch.device(device), torch.float16, mixed_resize_max_pixels=0)
         measured = {}
         forget_weights = sys.modules["clip_pillow_resize"].forget_weights  # one cache per process, shared
         for name, images in sets.items():
             batch = batches[name]
-            measured[f"nvjpeg_{name}"] = gpu_inprocess.nvjpeg_alone(images, batch, args.seconds, str(device))
+            measured[f"nvjpeg_{name}"] = gpu_inprocess.nvjpeg_alone(images, batch, args.seconds, device)
             forget_weights()  # each measurement starts as a fresh server would (its warm-up fills it)
             measured[f"transform_{name}"] = gpu_inprocess.gpu_transform_alone(preprocessor, images, batch, args.seconds)
             say(f"  {name}: nvJPEG alone {measured[f'nvjpeg_{name}']['images_per_s']:.0f} images/s, whole GPU "
@@ -294,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue  # decoding costs the same whatever the sizes: measured on the other two
             batch = batches[name]
             for processes in args.nvjpeg_processes:  # torchvision holds one nvJPEG decoder per process
-                scaled = gpu_inprocess.nvjpeg_in_processes(images, batch, processes, args.seconds, str(device))
+                scaled = gpu_inprocess.nvjpeg_in_processes(images, batch, processes, args.seconds, device)
                 measured[f"nvjpeg_{name}_{processes}_processes"] = scaled
                 say(f"  {name}: nvJPEG in {processes} processes at once: {scaled['images_per_s']:.0f} images/s")
             if not args.no_libjpeg:
@@ -379,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         run.stage("openai_way", openai)
         repository, artifact = exported_model(run.stage("repository", export))
         run.stage("model_alone", lambda: gpu_inprocess.model_alone(
-            artifact, size, REHEARSAL_MODEL_BATCHES if rehearsal else MODEL_BATCHES, args.seconds, str(device)))
+            artifact, size, REHEARSAL_MODEL_BATCHES if rehearsal else MODEL_BATCHES, args.seconds, device))
         run.stage("decoding_alone", decoding)
         run.stage("server", server)
     if not args.no_variants:
