@@ -161,8 +161,7 @@ class Run:
         try:
             value = measure()
         except Exception as error:  # noqa: BLE001 - recorded, and the other stages still run
-            self.results["errors"][name] = f"{type(error).__name__}: {error}"
-            say(f"{name} FAILED: {error}\n{traceback.format_exc()}")
+            self.failed(name, error)
             value = None
             self.results.pop(name, None)  # a resumed run's earlier figures are not this stage's
         else:
@@ -172,6 +171,11 @@ class Run:
         self.results["stage_seconds"][name] = round(time.monotonic() - started, 1)
         self.save()
         return value
+
+    def failed(self, name: str, error: Exception) -> None:
+        """Record `name`'s error in the results and print it with its traceback (call it from `except`)."""
+        self.results["errors"][name] = f"{type(error).__name__}: {error}"
+        say(f"{name} FAILED: {error}\n{traceback.format_exc()}")
 
     def save(self) -> None:
         (self.report_dir / "results.json").write_text(json.dumps(self.results, indent=1, default=str) + "\n")
@@ -363,8 +367,7 @@ def main(argv: list[str] | None = None) -> int:
                 run.results["errors"].pop(f"variant {name}", None)
             except Exception as error:  # noqa: BLE001 - recorded, and the other variants still run
                 measured.pop(name, None)
-                run.results["errors"][f"variant {name}"] = f"{type(error).__name__}: {error}"
-                say(f"variant {name} FAILED: {error}\n{traceback.format_exc()}")
+                run.failed(f"variant {name}", error)
             run.results["variants"] = measured
             run.save()
         return measured
