@@ -62,10 +62,13 @@ REHEARSAL_DIR = ROOT / "bench_out" / "gpu-rehearsal"
 # requests (a 32 x 64-image level takes minutes on a small CPU), and it spawns two decoding processes. Its
 # windows last 1.5 s all the same: clip_preprocess publishes its metrics every 0.5 s, and a level's stage
 # window shorter than that can read the same totals at both ends (no images at all).
+# A rehearsal keeps its own folders: it never writes over the GPU report.
 DEFAULTS = {"seconds": 4.0, "warmup": 2.0, "small_levels": SMALL_LEVELS, "phone_levels": PHONE_LEVELS,
-            "varied_levels": VARIED_LEVELS, "nvjpeg_processes": "2,4,8"}
+            "varied_levels": VARIED_LEVELS, "nvjpeg_processes": "2,4,8",
+            "work_dir": ROOT / "bench_out" / "gpu", "report_dir": ROOT / "bench" / "report" / "gpu"}
 REHEARSAL_DEFAULTS = {"seconds": 1.5, "warmup": 0.2, "small_levels": "1x1,4x2:2", "phone_levels": "1x1",
-                      "varied_levels": "2x4", "nvjpeg_processes": "2"}
+                      "varied_levels": "2x4", "nvjpeg_processes": "2",
+                      "work_dir": REHEARSAL_DIR / "work", "report_dir": REHEARSAL_DIR / "report"}
 
 
 def say(message: str) -> None:
@@ -81,6 +84,11 @@ def parse_levels(text: str):
         concurrency, _, per_request = shape.partition("x")
         levels.append(Level(int(concurrency), int(per_request or 1), int(processes or 1)))
     return levels
+
+
+def _default_dirs(name: str) -> str:
+    """--help's note of a folder's two defaults, from the dictionaries parse_args applies."""
+    return f"({DEFAULTS[name].relative_to(ROOT)}; rehearsing: {REHEARSAL_DEFAULTS[name].relative_to(ROOT)})"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -112,20 +120,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rehearse-on-cpu", action="store_true",
                         help="run every stage on the CPU, small, to check this code before GPU time is spent "
                              f"(default dirs under {REHEARSAL_DIR.relative_to(ROOT)}; not GPU figures)")
-    parser.add_argument("--work-dir", type=Path,
-                        help=f"exports, workloads and logs (bench_out/gpu; rehearsing: {REHEARSAL_DIR.name}/work)")
-    parser.add_argument("--report-dir", type=Path,
-                        help=f"results.json, report.md, plot (bench/report/gpu; rehearsing: {REHEARSAL_DIR.name}/report)")
+    parser.add_argument("--work-dir", type=Path, help="exports, workloads and logs " + _default_dirs("work_dir"))
+    parser.add_argument("--report-dir", type=Path, help="results.json, report.md, plot " + _default_dirs("report_dir"))
     args = parser.parse_args(argv)
     for name, value in (REHEARSAL_DEFAULTS if args.rehearse_on_cpu else DEFAULTS).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     if args.rehearse_on_cpu and args.repository:  # the rehearsal rewrites the repository it serves to KIND_CPU
         parser.error("--rehearse-on-cpu exports its own repository: leave out --repository")
-    if args.work_dir is None:
-        args.work_dir = REHEARSAL_DIR / "work" if args.rehearse_on_cpu else ROOT / "bench_out" / "gpu"
-    if args.report_dir is None:  # a rehearsal never writes over the GPU report
-        args.report_dir = REHEARSAL_DIR / "report" if args.rehearse_on_cpu else ROOT / "bench" / "report" / "gpu"
     args.variants = [part.strip() for part in args.variants.split(",") if part.strip()]
     unknown = [name for name in args.variants if name not in VARIANTS]
     if unknown:  # before any GPU time is spent

@@ -178,3 +178,14 @@ def test_stage_tables_follow_the_batchs_order_whatever_order_the_metrics_came_in
                                                                 "preprocess_stages": shuffled}]}}})
     assert "| level | read_inputs | gpu_decode | respond | images gpu / cpu / refused |" in page
     assert "| 0.010 | 0.210 | 0.002 | 63 / 1 / 0 |" in page
+
+
+def test_a_rehearsal_takes_its_own_folders_and_small_defaults_unless_told_otherwise(tmp_path) -> None:
+    measured = gpu.parse_args([])
+    assert (measured.work_dir, measured.report_dir) == (ROOT / "bench_out" / "gpu", ROOT / "bench" / "report" / "gpu")
+    rehearsed = gpu.parse_args(["--rehearse-on-cpu"])
+    assert rehearsed.report_dir == ROOT / "bench_out" / "gpu-rehearsal" / "report", "never over the GPU report"
+    assert rehearsed.work_dir == ROOT / "bench_out" / "gpu-rehearsal" / "work"
+    assert (rehearsed.seconds, rehearsed.nvjpeg_processes) == (1.5, [2]) and measured.nvjpeg_processes == [2, 4, 8]
+    told = gpu.parse_args(["--rehearse-on-cpu", "--report-dir", str(tmp_path), "--seconds", "3"])
+    assert (told.report_dir, told.seconds, told.work_dir) == (tmp_path, 3.0, rehearsed.work_dir)
