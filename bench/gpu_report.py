@@ -103,18 +103,19 @@ def _number(value, form: str = "{:,.0f}") -> str:
 
 def markdown(results: dict) -> str:
     head = results.get("headline") or headline(results)
+    rehearsal = bool(results.get("rehearsal"))  # CPU figures from `--rehearse-on-cpu`, said so throughout
     machine = results.get("machine", {})
     gpu = machine.get("gpu") or {}
     device = (gpu.get("devices") or [{}])[0]
     on_gpu = (f"on {gpu.get('count', '?')} × {device.get('name', '?')} ({device.get('memory_mib', '?')} MiB, driver "
               f"{device.get('driver', '?')}, torch {gpu.get('torch', '?')}, CUDA {gpu.get('cuda', '?')}) with")
     lines = ["# GPU benchmark (`make bench-gpu`)", "",
-             f"{'Rehearsed' if results.get('rehearsal') else 'Measured'} {machine.get('date_utc', '?')} "
-             f"{'on the CPU only:' if results.get('rehearsal') else on_gpu} {machine.get('usable_cpus', '?')} CPUs "
+             f"{'Rehearsed' if rehearsal else 'Measured'} {machine.get('date_utc', '?')} "
+             f"{'on the CPU only:' if rehearsal else on_gpu} {machine.get('usable_cpus', '?')} CPUs "
              f"({machine.get('cpu_model', '?')}); model: {results.get('model', {}).get('architecture', '?')} "
              f"({results.get('model', {}).get('source', '?')}), fp16, GPU target defaults.", "",
              "## Headline", "", "| target | verdict |", "|---|---|"]
-    if results.get("rehearsal"):
+    if rehearsal:
         lines[1:1] = ["", "**A rehearsal on the CPU** (`--rehearse-on-cpu`): every stage ran the benchmark's own code "
                       "with torch on the CPU, KIND_CPU instances and small batches, to find its mistakes before GPU time "
                       "is spent. These figures are not GPU figures; quote none of them."]
@@ -203,7 +204,7 @@ def markdown(results: dict) -> str:
                   f"; {sum(held.values()):,} MiB in all."]
     if server.get("command"):
         lines += ["", "Server command line: `" + " ".join(server["command"]) + "`"]
-    lines += ["", "Reproduce: " + ("`make bench-gpu-rehearsal` on any machine" if results.get("rehearsal") else
+    lines += ["", "Reproduce: " + ("`make bench-gpu-rehearsal` on any machine" if rehearsal else
                                    "`make bench-gpu` on a GPU host") + " (`python -m bench.gpu --help`); "
               "`python -m bench.gpu_report <its results.json>` re-renders this page."]
     return "\n".join(lines) + "\n"
