@@ -86,9 +86,12 @@ def parse_levels(text: str):
     return levels
 
 
-def _default_dirs(name: str) -> str:
-    """--help's note of a folder's two defaults, from the dictionaries parse_args applies."""
-    return f"({DEFAULTS[name].relative_to(ROOT)}; rehearsing: {REHEARSAL_DEFAULTS[name].relative_to(ROOT)})"
+def _defaults(name: str) -> str:
+    """--help's note of an option's two defaults, read from the dictionaries parse_args applies."""
+    def shown(value: object) -> object:
+        return value.relative_to(ROOT) if isinstance(value, Path) else value
+
+    return f"{shown(DEFAULTS[name])}; rehearsing: {shown(REHEARSAL_DEFAULTS[name])}"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -98,21 +101,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source.add_argument("--random-init", default="ViT-B/32")
     parser.add_argument("--repository", type=Path, help="serve this exported GPU repository instead of exporting one")
     parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="folder of small photos")
-    parser.add_argument("--seconds", type=float, help="measurement time per point "
-                        f"({DEFAULTS['seconds']}; rehearsing: {REHEARSAL_DEFAULTS['seconds']})")
-    parser.add_argument("--warmup", type=float, help="warm-up seconds per server level "
-                        f"({DEFAULTS['warmup']}; rehearsing: {REHEARSAL_DEFAULTS['warmup']})")
-    parser.add_argument("--small-levels", help=f"server levels, small JPEGs ({SMALL_LEVELS})")
-    parser.add_argument("--phone-levels", help=f"server levels, 12 MP JPEGs ({PHONE_LEVELS})")
-    parser.add_argument("--varied-levels", help=f"server levels, small JPEGs of many sizes ({VARIED_LEVELS})")
+    parser.add_argument("--seconds", type=float, help=f"measurement time per point ({_defaults('seconds')})")
+    parser.add_argument("--warmup", type=float, help=f"warm-up seconds per server level ({_defaults('warmup')})")
+    parser.add_argument("--small-levels", help=f"server levels, small JPEGs ({_defaults('small_levels')})")
+    parser.add_argument("--phone-levels", help=f"server levels, 12 MP JPEGs ({_defaults('phone_levels')})")
+    parser.add_argument("--varied-levels",
+                        help=f"server levels, small JPEGs of many sizes ({_defaults('varied_levels')})")
     parser.add_argument("--no-variants", action="store_true", help="measure the defaults only")
     parser.add_argument("--variants-only", action="store_true",
                         help="only the variants, added to the results.json of an earlier run in --report-dir "
                              "(same --work-dir): the defaults' figures one run, the variants another")
     parser.add_argument("--nvjpeg-processes",
                         help="nvJPEG alone in this many processes at once, comma list "
-                             f"({DEFAULTS['nvjpeg_processes']}; rehearsing: {REHEARSAL_DEFAULTS['nvjpeg_processes']}; "
-                             "empty: none)")
+                             f"({_defaults('nvjpeg_processes')}; empty: none)")
     parser.add_argument("--no-libjpeg", action="store_true", help="skip libjpeg decoding alone")
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help=f"comma list of the settings to compare with the defaults ({', '.join(VARIANTS)})")
@@ -120,8 +121,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rehearse-on-cpu", action="store_true",
                         help="run every stage on the CPU, small, to check this code before GPU time is spent "
                              f"(default dirs under {REHEARSAL_DIR.relative_to(ROOT)}; not GPU figures)")
-    parser.add_argument("--work-dir", type=Path, help="exports, workloads and logs " + _default_dirs("work_dir"))
-    parser.add_argument("--report-dir", type=Path, help="results.json, report.md, plot " + _default_dirs("report_dir"))
+    parser.add_argument("--work-dir", type=Path, help=f"exports, workloads and logs ({_defaults('work_dir')})")
+    parser.add_argument("--report-dir", type=Path, help=f"results.json, report.md, plot ({_defaults('report_dir')})")
     args = parser.parse_args(argv)
     for name, value in (REHEARSAL_DEFAULTS if args.rehearse_on_cpu else DEFAULTS).items():
         if getattr(args, name) is None:
