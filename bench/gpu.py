@@ -280,8 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     def decoding() -> dict:
         folder = repository / contract.PREPROCESS_MODEL / "1"
         gpu_transform = shipped_module(folder, "clip_gpu_transform")
-        preprocessor = gpu_transform.BatchPreprocessor(size, torch.device(device), torch.float16)
-        per_size = gpu_transform.BatchPreprocessor(size, torch.device(device), torch.float16, mixed_resize_max_pixels=0)
+        on = torch.device(device)  # the transform reads its .type (nvJPEG on cuda): a torch.device, not a name
+        preprocessor = gpu_transform.BatchPreprocessor(size, on, torch.float16)
+        per_size = gpu_transform.BatchPreprocessor(size, on, torch.float16, mixed_resize_max_pixels=0)
         measured = {}
         forget_weights = sys.modules["clip_pillow_resize"].forget_weights  # one cache per process, shared
         for name, images in sets.items():
